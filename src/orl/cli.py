@@ -1,0 +1,57 @@
+"""The `orl` command: one sub-command per pipeline stage, each usable outside Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from orl import __version__
+
+# Sub-command -> (stage module, one-line help). Modules are imported only when their command runs,
+# so `orl --help` does not pay for importing torch.
+STAGES: dict[str, tuple[str, str]] = {
+    "demo-data": ("orl.stages.demo_data", "generate the built-in demo scene dataset (COCO format)"),
+    "index": ("orl.stages.index_images", "build the ordered image list every artifact indexes"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser; stage flags are added only for the chosen stage."""
+    parser = argparse.ArgumentParser(prog="orl", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"orl {__version__}")
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>")
+    for name, (_module, help_text) in STAGES.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `orl` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0].startswith("-"):
+        parser.parse_args(argv or ["--help"])
+        return 0
+    name = argv[0]
+    if name not in STAGES:
+        parser.error(f"unknown stage {name!r}; choose from: {', '.join(STAGES)}")
+    module_name, help_text = STAGES[name]
+    module = importlib.import_module(module_name)
+    stage_parser = argparse.ArgumentParser(prog=f"orl {name}", description=help_text)
+    module.add_arguments(stage_parser)
+    args = stage_parser.parse_args(argv[1:])
+    try:
+        module.run(args)
+    except Exception as e:  # noqa: BLE001 - one clean line for users, full traceback with ORL_DEBUG=1
+        if os.environ.get("ORL_DEBUG"):
+            raise
+        print(f"orl {name}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

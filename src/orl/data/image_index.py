@@ -1,0 +1,193 @@
+"""The image index: the ordered image list that every later artifact indexes by position.
+
+Built from a COCO instances JSON plus its image folder (order = the JSON's `images` list) or from a plain folder of
+images (order = sorted relative paths). Every image is fully decoded once here, so an unreadable file is left out
+with a warning instead of crashing a training worker days later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from orl.artifacts import open_artifact, write_artifact
+from orl.data.images import IMAGE_SUFFIXES, ImageReadError, open_rgb
+
+STAGE = "image_index"
+
+
+class DatasetError(RuntimeError):
+    """The input dataset is missing, empty or inconsistent."""
+
+
+@dataclass
+class ImageIndex:
+    """An ordered image list: position i in every artifact means image i here."""
+
+    root: Path
+    file_names: list[str]
+    ids: np.ndarray
+    widths: np.ndarray
+    heights: np.ndarray
+    annotations: Path | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    source: Path | None = None  # the index artifact this was loaded from, if any
+
+    def __post_init__(self) -> None:
+        self.ids = np.asarray(self.ids, dtype=np.int64)
+        self.widths = np.asarray(self.widths, dtype=np.int32)
+        self.heights = np.asarray(self.heights, dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.file_names)
+
+    def path(self, i: int) -> Path:
+        """Absolute path of image i."""
+        return self.root / self.file_names[i]
+
+    @property
+    def digest(self) -> str:
+        """Digest of the list itself (names, ids, sizes), independent of where the folder lives."""
+        h = hashlib.sha256()
+        for name, i, w, hh in zip(self.file_names, self.ids.tolist(), self.widths.tolist(), self.heights.tolist()):
+            h.update(f"{name}\t{i}\t{w}\t{hh}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def shard_range(n: int, shards: int, shard: int) -> tuple[int, int]:
+    """The contiguous [start, stop) slice of n images that shard `shard` of `shards` covers."""
+    if shards < 1 or not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} of {shards} is not a valid shard")
+    return n * shard // shards, n * (shard + 1) // shards
+
+
+def _read_coco_images(annotations: Path, root: Path) -> tuple[list[str], list[int]]:
+    try:
+        with open(annotations) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{annotations}: not valid JSON ({e})") from e
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise DatasetError(f"{annotations}: no 'images' list; is this a COCO instances file?")
+    names, ids = [], []
+    for k, entry in enumerate(images):
+        if not isinstance(entry, dict) or "file_name" not in entry or "id" not in entry:
+            raise DatasetError(f"{annotations}: images[{k}] lacks 'file_name' or 'id'")
+        names.append(str(entry["file_name"]))
+        ids.append(int(entry["id"]))
+    dupes = {n for n in names if names.count(n) > 1} if len(set(names)) != len(names) else set()
+    if dupes:
+        raise DatasetError(f"{annotations}: file names listed more than once: {sorted(dupes)[:5]}")
+    if len(set(ids)) != len(ids):
+        raise DatasetError(f"{annotations}: image ids are not unique")
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise DatasetError(
+            f"{annotations} names {len(missing)} image(s) that are not in {root}, e.g. {missing[:3]}; "
+            "check the image folder or the annotations file"
+        )
+    return names, ids
+
+
+def _scan_folder(root: Path) -> list[str]:
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def _probe(path: Path) -> tuple[int, int] | str:
+    """(width, height) of a decodable image, else the reason it cannot be read."""
+    if path.stat().st_size == 0:
+        return "empty file"
+    try:
+        img = open_rgb(path)
+    except ImageReadError as e:
+        return str(e.__cause__ or e)
+    return img.size
+
+
+def build_index(image_dir: str | os.PathLike, annotations: str | os.PathLike | None = None, threads: int = 1) -> ImageIndex:
+    """Build the image list from a COCO JSON + folder, or from a plain folder; unreadable images are left out."""
+    root = Path(image_dir).resolve()
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} does not exist")
+    ann = Path(annotations).resolve() if annotations else None
+    if ann is not None:
+        if not ann.is_file():
+            raise DatasetError(f"annotations file {ann} does not exist")
+        names, ids = _read_coco_images(ann, root)
+    else:
+        names = _scan_folder(root)
+        ids = list(range(len(names)))
+    if not names:
+        raise DatasetError(f"no images found in {ann or root}")
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        probes = list(pool.map(_probe, [root / n for n in names]))
+
+    kept = [k for k, p in enumerate(probes) if not isinstance(p, str)]
+    skipped = [(names[k], probes[k]) for k, p in enumerate(probes) if isinstance(p, str)]
+    if skipped:
+        listing = "; ".join(f"{n}: {why}" for n, why in skipped[:10])
+        warnings.warn(f"left out {len(skipped)} unreadable image(s) from {root}: {listing}", stacklevel=2)
+    if not kept:
+        raise DatasetError(f"none of the {len(names)} images in {root} could be decoded")
+    return ImageIndex(
+        root=root,
+        file_names=[names[k] for k in kept],
+        ids=np.array([ids[k] for k in kept]),
+        widths=np.array([probes[k][0] for k in kept]),
+        heights=np.array([probes[k][1] for k in kept]),
+        annotations=ann,
+        skipped=skipped,
+    )
+
+
+def write_index(index: ImageIndex, out: str | os.PathLike) -> Path:
+    """Write the index as an artifact (its own digest is the image-list digest every later artifact records)."""
+    return write_artifact(
+        out,
+        stage=STAGE,
+        image_list_digest=index.digest,
+        params={"root": str(index.root), "annotations": str(index.annotations) if index.annotations else None},
+        arrays={
+            "file_names": np.array(index.file_names, dtype=object).astype(str),
+            "ids": index.ids,
+            "widths": index.widths,
+            "heights": index.heights,
+        },
+        attrs={
+            "image_root": str(index.root),
+            "annotations": str(index.annotations) if index.annotations else "",
+            "num_images": len(index),
+            "skipped": [list(s) for s in index.skipped],
+        },
+    )
+
+
+def load_index(path: str | os.PathLike) -> ImageIndex:
+    """Read an index artifact back, checking that its content still matches its recorded digest."""
+    with open_artifact(path, stage=STAGE) as art:
+        index = ImageIndex(
+            root=Path(art.attrs["image_root"]),
+            file_names=[str(s) for s in art.array("file_names")],
+            ids=art.array("ids"),
+            widths=art.array("widths"),
+            heights=art.array("heights"),
+            annotations=Path(art.attrs["annotations"]) if art.attrs.get("annotations") else None,
+            skipped=[tuple(s) for s in art.attrs.get("skipped", [])],
+            source=Path(path),
+        )
+        if index.digest != art.image_list_digest:
+            raise DatasetError(f"{path}: contents do not match the recorded image-list digest; rebuild the index")
+    return index

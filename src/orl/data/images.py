@@ -1,0 +1,46 @@
+"""Reading images: whatever the file's mode (grayscale, CMYK, palette, RGBA, 16-bit), callers get 8-bit RGB."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageReadError(RuntimeError):
+    """An image file could not be decoded."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (or 32-bit integer) grayscale: scale to 8 bits instead of letting PIL clip at 255.
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on black, as PIL's convert("RGB") does for RGBA, but also for palette transparency.
+        return img.convert("RGBA").convert("RGB")
+    return img.convert("RGB")
+
+
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode an image fully and return it as an 8-bit RGB PIL image; ImageReadError names the file."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # force a full decode so truncated files fail here, not later in a worker
+            return _to_rgb(img)
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise ImageReadError(f"{path}: cannot decode image ({e})") from e
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image into an (H, W, 3) uint8 RGB array."""
+    return np.asarray(open_rgb(path))

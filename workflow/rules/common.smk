@@ -1,0 +1,34 @@
+# Paths and small helpers shared by the rules. Everything lives under config["results"].
+import os
+
+R = config["results"].rstrip("/")
+DATASET = config["dataset"]
+
+DEMO_DIR = f"{R}/data/demo"
+INDEX = f"{R}/index/images.h5"
+
+
+def train_images():
+    """The folder of pretraining images for the configured dataset."""
+    if DATASET["kind"] == "demo":
+        return f"{DEMO_DIR}/train"
+    return DATASET["images"]
+
+
+def train_annotations():
+    """The COCO instances JSON of the pretraining images, or None for a plain image folder."""
+    if DATASET["kind"] == "demo":
+        return f"{DEMO_DIR}/annotations/instances_train.json"
+    return DATASET.get("annotations")
+
+
+def dataset_inputs(wildcards=None):
+    """Inputs of the index rule: the demo folder (so it is generated first) or the user's files."""
+    if DATASET["kind"] == "demo":
+        return [DEMO_DIR]
+    return [p for p in (DATASET["images"], DATASET.get("annotations")) if p]
+
+
+def optional_flag(flag, value):
+    """'--flag value' when value is set, else nothing (keeps shell strings stable when unset)."""
+    return f"{flag} {value}" if value not in (None, "") else ""

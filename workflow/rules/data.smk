@@ -1,0 +1,35 @@
+# Data: the built-in demo scenes (when dataset.kind is demo) and the image index every stage indexes.
+
+
+rule demo_data:
+    output:
+        directory(DEMO_DIR),
+    params:
+        seed=config["demo"]["seed"],
+        num_train=config["demo"]["num_train"],
+        num_val=config["demo"]["num_val"],
+        image_size=config["demo"]["image_size"],
+        min_objects=config["demo"]["min_objects"],
+        max_objects=config["demo"]["max_objects"],
+    log:
+        f"{R}/logs/demo_data.log",
+    shell:
+        "orl demo-data --out {output} --seed {params.seed} --num-train {params.num_train}"
+        " --num-val {params.num_val} --image-size {params.image_size}"
+        " --min-objects {params.min_objects} --max-objects {params.max_objects} > {log} 2>&1"
+
+
+rule index_images:
+    input:
+        dataset_inputs,
+    output:
+        INDEX,
+    params:
+        images=train_images(),
+        annotations=optional_flag("--annotations", train_annotations()),
+    threads: config["index"]["threads"]
+    log:
+        f"{R}/logs/index_images.log",
+    shell:
+        "orl index --images {params.images} {params.annotations} --out {output}"
+        " --threads {threads} > {log} 2>&1"

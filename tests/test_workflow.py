@@ -1,0 +1,50 @@
+"""The Snakemake workflow: config validation, the whole DAG, a real run, reruns and COCO-format data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orl.data.image_index import load_index
+from workflow_helpers import TINY_DEMO, check, snakemake
+
+
+def test_dry_run_of_whole_dag_on_default_config(tmp_path: Path) -> None:
+    proc = check(snakemake(tmp_path, "-n", "--cores", "2"))
+    for rule in ("demo_data", "index_images", "all"):
+        assert rule in proc.stdout
+
+
+def test_invalid_config_is_refused_at_load(tmp_path: Path) -> None:
+    proc = snakemake(tmp_path, "-n", config={"dataset": {"kind": "coco"}})
+    assert proc.returncode != 0
+    assert "images" in proc.stderr + proc.stdout  # the schema names the missing key
+    proc = snakemake(tmp_path, "-n", config={"demo": {"num_train": 0}})
+    assert proc.returncode != 0
+    proc = snakemake(tmp_path, "-n", config={"no_such_key": 1})
+    assert proc.returncode != 0
+
+
+@pytest.mark.slow
+def test_demo_run_then_nothing_to_do(tmp_path: Path) -> None:
+    check(snakemake(tmp_path, "--cores", "2", config=TINY_DEMO))
+    index = load_index(tmp_path / "results" / "index" / "images.h5")
+    assert len(index) == TINY_DEMO["demo"]["num_train"]
+    proc = check(snakemake(tmp_path, "--cores", "2", "-n", config=TINY_DEMO))
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_coco_format_data(coco128: Path, tmp_path: Path) -> None:
+    config = {
+        "dataset": {
+            "kind": "coco",
+            "images": str(coco128 / "images"),
+            "annotations": str(coco128 / "annotations" / "instances_train2017.json"),
+        }
+    }
+    check(snakemake(tmp_path, "--cores", "2", "results/index/images.h5", config=config))
+    index = load_index(tmp_path / "results" / "index" / "images.h5")
+    assert len(index) == 128
+    assert index.annotations == (coco128 / "annotations" / "instances_train2017.json").resolve()

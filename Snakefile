@@ -15,9 +15,14 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/mining.smk"
 
 
 rule all:
     input:
         INDEX,
+        expand(f"{R}/pretrain/{{method}}/model.pt", method=PRETRAIN_METHODS),
+        f"{R}/mining/knn.h5",
+        PROPOSALS_OUT,
     default_target: True

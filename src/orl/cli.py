@@ -15,6 +15,11 @@ from orl import __version__
 STAGES: dict[str, tuple[str, str]] = {
     "demo-data": ("orl.stages.demo_data", "generate the built-in demo scene dataset (COCO format)"),
     "index": ("orl.stages.index_images", "build the ordered image list every artifact indexes"),
+    "pretrain": ("orl.stages.pretrain", "stage 1 / 3: pretrain with a self-supervised method (BYOL, MoCo v2, SimCLR, ORL)"),
+    "features": ("orl.stages.feature_bank", "stage 2a: the feature bank of the stage-1 model"),
+    "knn": ("orl.stages.knn", "stage 2b: exact cosine kNN image retrieval over the feature bank"),
+    "proposals": ("orl.stages.proposals", "stage 2c: selective-search proposals for one shard of the images"),
+    "gather-proposals": ("orl.stages.gather_proposals", "stage 2c: gather proposal shards in image order"),
 }
 
 

@@ -32,3 +32,12 @@ def dataset_inputs(wildcards=None):
 def optional_flag(flag, value):
     """'--flag value' when value is set, else nothing (keeps shell strings stable when unset)."""
     return f"{flag} {value}" if value not in (None, "") else ""
+
+PROPOSALS = config["proposals"]
+HAS_ANNOTATIONS = DATASET["kind"] != "folder"
+# The quality JSON exists only when the dataset has instance annotations to measure recall against.
+PROPOSALS_QUALITY = f"{R}/mining/proposals_quality.json" if HAS_ANNOTATIONS else None
+PROPOSALS_OUT = [f"{R}/mining/proposals.h5"] + ([PROPOSALS_QUALITY] if HAS_ANNOTATIONS else [])
+
+# Stage-1 methods pretrained by this config: BYOL always, the baselines when listed.
+PRETRAIN_METHODS = ["byol"] + list(config["baselines"])

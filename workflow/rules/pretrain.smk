@@ -1,0 +1,70 @@
+# Stage 1 (BYOL and the image-level baselines): one rule per method, all running `orl pretrain`.
+
+
+def pretrain_setting(method, key):
+    """A pretraining setting for one method: its override in pretrain.methods, else the shared value."""
+    return config["pretrain"]["methods"].get(method, {}).get(key, config["pretrain"][key])
+
+
+def pretrain_launcher(method):
+    """`orl` alone, or torchrun with one process per GPU (or per CPU process for gloo DDP tests)."""
+    gpus = pretrain_setting(method, "gpus")
+    procs = gpus if gpus > 0 else pretrain_setting(method, "processes")
+    if procs <= 1:
+        return "orl"
+    return f"torchrun --standalone --nproc_per_node={procs} --no-python orl"
+
+
+def method_args(method):
+    """The method's constructor arguments as stable `key=value` words (sorted, so the shell text never shuffles)."""
+    args = config["pretrain"]["methods"].get(method, {}).get("method_args", {})
+    return " ".join(f"{k}={v}" for k, v in sorted(args.items()))
+
+
+def optional_number(flag, method, key):
+    """'--flag value' for a setting that may be null (= the method's paper default)."""
+    return optional_flag(flag, pretrain_setting(method, key))
+
+
+for _method in PRETRAIN_METHODS:
+
+    rule:
+        name:
+            f"pretrain_{_method}"
+        input:
+            index=INDEX,
+        output:
+            f"{R}/pretrain/{_method}/model.pt",
+        params:
+            launcher=pretrain_launcher(_method),
+            method=_method,
+            out_dir=f"{R}/pretrain/{_method}",
+            arch=pretrain_setting(_method, "arch"),
+            epochs=pretrain_setting(_method, "epochs"),
+            batch_size=pretrain_setting(_method, "batch_size"),
+            accum_steps=pretrain_setting(_method, "accum_steps"),
+            image_size=pretrain_setting(_method, "image_size"),
+            lr=optional_number("--lr", _method, "lr"),
+            base_batch=optional_number("--base-batch", _method, "base_batch"),
+            weight_decay=optional_number("--weight-decay", _method, "weight_decay"),
+            warmup_epochs=pretrain_setting(_method, "warmup_epochs"),
+            workers=pretrain_setting(_method, "workers"),
+            checkpoint_every=pretrain_setting(_method, "checkpoint_every"),
+            seed=pretrain_setting(_method, "seed"),
+            precision=pretrain_setting(_method, "precision"),
+            method_args=optional_flag("--method-args", method_args(_method)),
+            per_process_threads=max(1, pretrain_setting(_method, "threads") // max(1, pretrain_setting(_method, "gpus"), pretrain_setting(_method, "processes"))),
+        threads: pretrain_setting(_method, "threads")
+        resources:
+            mem_mb=pretrain_setting(_method, "mem_mb"),
+            runtime=pretrain_setting(_method, "runtime"),
+            gpu=pretrain_setting(_method, "gpus"),
+        log:
+            f"{R}/logs/pretrain_{_method}.log",
+        shell:
+            "{params.launcher} pretrain --method {params.method} --index {input.index} --out {output}"
+            " --arch {params.arch} --epochs {params.epochs} --batch-size {params.batch_size}"
+            " --accum-steps {params.accum_steps} --image-size {params.image_size} {params.lr} {params.base_batch}"
+            " {params.weight_decay} --warmup-epochs {params.warmup_epochs} --workers {params.workers}"
+            " --threads {params.per_process_threads} --checkpoint-every {params.checkpoint_every}"
+            " --seed {params.seed} --precision {params.precision} {params.method_args} > {log} 2>&1"

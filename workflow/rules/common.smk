@@ -34,10 +34,9 @@ def optional_flag(flag, value):
     return f"{flag} {value}" if value not in (None, "") else ""
 
 PROPOSALS = config["proposals"]
-HAS_ANNOTATIONS = DATASET["kind"] != "folder"
-# The quality JSON exists only when the dataset has instance annotations to measure recall against.
-PROPOSALS_QUALITY = f"{R}/mining/proposals_quality.json" if HAS_ANNOTATIONS else None
-PROPOSALS_OUT = [f"{R}/mining/proposals.h5"] + ([PROPOSALS_QUALITY] if HAS_ANNOTATIONS else [])
+# The quality JSON holds box counts always, and recall of ground-truth boxes when the dataset is annotated.
+PROPOSALS_QUALITY = f"{R}/mining/proposals_quality.json"
+PROPOSALS_OUT = [f"{R}/mining/proposals.h5", PROPOSALS_QUALITY]
 
 # Stage-1 methods pretrained by this config: BYOL always, the baselines when listed.
 PRETRAIN_METHODS = ["byol"] + list(config["baselines"])

@@ -74,7 +74,7 @@ rule gather_proposals:
     output:
         PROPOSALS_OUT,
     params:
-        quality=optional_flag("--quality", PROPOSALS_QUALITY),
+        
         min_size=config["box_filter"]["min_size"],
         max_aspect=config["box_filter"]["max_aspect"],
         iou=config["box_filter"]["iou"],
@@ -82,6 +82,6 @@ rule gather_proposals:
     log:
         f"{R}/logs/gather_proposals.log",
     shell:
-        "orl gather-proposals --index {input.index} --parts {input.parts} --out {output[0]} {params.quality}"
+        "orl gather-proposals --index {input.index} --parts {input.parts} --out {output[0]} --quality {output[1]}"
         " --filter-min-size {params.min_size} --filter-max-aspect {params.max_aspect}"
         " --filter-iou {params.iou} --filter-max-boxes {params.max_boxes} > {log} 2>&1"

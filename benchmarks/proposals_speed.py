@@ -1,0 +1,119 @@
+"""Proposal throughput: images/s per process for each backend, and the speed-up from 1 to 2 worker processes.
+
+Runs on the first --images photos of ../shared/data/coco128 when present (else synthetic 640x480 scenes), at full
+resolution unless --max-side is given, and prints a markdown table with the machine it ran on. Also times the §2d
+box filter on the raw boxes it produced.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/proposals_speed.py --images 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from orl.data.images import load_rgb
+from orl.mining.box_filter import filter_boxes
+from orl.mining.proposals import BACKENDS, ImageTask, ProposalSettings, propose_many
+
+COCO128 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "images"
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import cv2
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs (load {load:.1f} at start), Python {platform.python_version()}, "
+        f"OpenCV {cv2.__version__}"
+    )
+
+
+def _synthetic(folder: Path, n: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(n):
+        img = rng.normal(110, 25, (480, 640, 3))
+        for _ in range(12):
+            x, y = rng.integers(0, 600), rng.integers(0, 440)
+            img[y : y + rng.integers(20, 240), x : x + rng.integers(20, 320)] = rng.integers(0, 255, 3)
+        path = folder / f"synthetic{k}.png"
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _tasks(paths: list[Path]) -> list[ImageTask]:
+    tasks = []
+    for k, p in enumerate(paths):
+        h, w = load_rgb(p).shape[:2]
+        tasks.append(ImageTask(k, str(p), w, h))
+    return tasks
+
+
+def _timed(tasks: list[ImageTask], settings: ProposalSettings, workers: int) -> tuple[float, list[np.ndarray]]:
+    t0 = time.perf_counter()
+    results = list(propose_many(tasks, settings, workers))
+    elapsed = time.perf_counter() - t0
+    errors = [r.error for r in results if r.error]
+    if errors:
+        raise RuntimeError(f"proposal errors: {errors}")
+    return elapsed, [r.boxes for r in results]
+
+
+def main() -> None:
+    """Measure and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=4, help="images per measurement (even, for 2 workers)")
+    parser.add_argument("--max-side", type=int, default=None, help="downscale to this longer side (default: off)")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if COCO128.is_dir():
+            paths = sorted(COCO128.glob("*.jpg"))[: args.images]
+            source = f"first {len(paths)} coco128 photos"
+        else:
+            paths = _synthetic(Path(tmp), args.images)
+            source = f"{len(paths)} synthetic 640x480 scenes"
+        tasks = _tasks(paths)
+        mean_px = np.mean([t.width * t.height for t in tasks]) / 1e6
+        size = "full resolution" if args.max_side is None else f"max side {args.max_side}"
+        print(f"Machine: {_machine()}")
+        print(f"Images: {source}, {mean_px:.2f} Mpx mean, {size}; wall time includes worker start-up.\n")
+        print("| backend | raw boxes/img | 1 worker img/s | 2 workers img/s | per-process img/s (2 w.) "
+              "| speed-up 1->2 | filter ms/img |")
+        print("|---|---|---|---|---|---|---|")
+        for backend in args.backends:
+            settings = ProposalSettings(backend=backend, max_side=args.max_side)
+            t1, boxes1 = _timed(tasks, settings, 1)
+            t2, boxes2 = _timed(tasks, settings, 2)
+            same = all(np.array_equal(a, b) for a, b in zip(boxes1, boxes2))
+            t0 = time.perf_counter()
+            for b in boxes1:
+                filter_boxes(b)
+            filt_ms = (time.perf_counter() - t0) / len(boxes1) * 1e3
+            n = len(tasks)
+            print(
+                f"| {backend} | {np.mean([len(b) for b in boxes1]):.0f} | {n / t1:.3f} | {n / t2:.3f} | "
+                f"{n / t2 / 2:.3f} | {t1 / t2:.2f}x | {filt_ms:.1f} |" + ("" if same else " (boxes DIFFER!)")
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/mining.smk"
+include: "workflow/rules/correspondence.smk"
 
 
 rule all:
@@ -25,4 +26,6 @@ rule all:
         expand(f"{R}/pretrain/{{method}}/model.pt", method=PRETRAIN_METHODS),
         f"{R}/mining/knn.h5",
         PROPOSALS_OUT,
+        CORRESPONDENCE_OUT,
+        f"{R}/figures/correspondence.png",
     default_target: True

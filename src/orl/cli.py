@@ -20,6 +20,13 @@ STAGES: dict[str, tuple[str, str]] = {
     "knn": ("orl.stages.knn", "stage 2b: exact cosine kNN image retrieval over the feature bank"),
     "proposals": ("orl.stages.proposals", "stage 2c: selective-search proposals for one shard of the images"),
     "gather-proposals": ("orl.stages.gather_proposals", "stage 2c: gather proposal shards in image order"),
+    "roi-embed": ("orl.stages.roi_embed", "stage 2d: filter one shard's boxes and embed them once (crop or roi_align)"),
+    "mine-pairs": ("orl.stages.mine_pairs", "stage 2d: top RoI pairs of one shard's images with their neighbours"),
+    "gather-correspondence": ("orl.stages.gather_correspondence", "stage 2d: gather boxes and pairs in image order"),
+    "plot-correspondence": ("orl.stages.plot_correspondence", "figure: top-ranked correspondence pairs"),
+    "plot-attention": ("orl.stages.plot_attention", "figure: attention maps of pretrained backbones, side by side"),
+    "plot-curves": ("orl.stages.plot_curves", "figure: loss terms and learning rate of a pretraining run"),
+    "run-summary": ("orl.stages.run_summary", "print and save where the report is and the headline numbers"),
 }
 
 

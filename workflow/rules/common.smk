@@ -40,3 +40,8 @@ PROPOSALS_OUT = [f"{R}/mining/proposals.h5", PROPOSALS_QUALITY]
 
 # Stage-1 methods pretrained by this config: BYOL always, the baselines when listed.
 PRETRAIN_METHODS = ["byol"] + list(config["baselines"])
+
+# Pair quality needs instance annotations (demo and COCO-format data have them; a plain folder does not).
+HAS_ANNOTATIONS = DATASET["kind"] != "folder"
+PAIR_QUALITY = f"{R}/mining/pair_quality.json"
+CORRESPONDENCE_OUT = [f"{R}/mining/correspondence.h5"] + ([PAIR_QUALITY] if HAS_ANNOTATIONS else [])

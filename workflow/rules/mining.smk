@@ -74,7 +74,6 @@ rule gather_proposals:
     output:
         PROPOSALS_OUT,
     params:
-        
         min_size=config["box_filter"]["min_size"],
         max_aspect=config["box_filter"]["max_aspect"],
         iou=config["box_filter"]["iou"],

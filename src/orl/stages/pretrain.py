@@ -1,0 +1,142 @@
+"""Stage `orl pretrain`: image-level self-supervised pretraining (BYOL = ORL stage 1; MoCo v2 / SimCLR baselines).
+
+Runs as one process (`orl pretrain ...`) or under torchrun (`torchrun --nproc_per_node=G -m orl.cli pretrain ...`,
+any number of nodes); --batch-size is per process, the learning rate follows the global batch. Writes --out
+(model.pt) once at the end; checkpoints, metrics.csv and TensorBoard logs go beside it. Interrupted by SIGTERM or
+SIGINT it saves a checkpoint and exits with 128 + signal (143 / 130); rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+def parse_value(text: str) -> Any:
+    """'512' -> 512, '1e-4' -> 0.0001, 'true' -> True, 'none' -> None, '[1, 2]' -> [1, 2], else the string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    if text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def parse_method_args(items: Sequence[str]) -> dict[str, Any]:
+    """key=value strings -> kwargs (for build_method or build_dataset)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {item!r}")
+        out[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `orl pretrain`."""
+    p = parser
+    p.add_argument("--method", required=True, help="self-supervised method: byol, moco_v2, simclr, orl (orl.methods.METHODS)")
+    p.add_argument("--index", required=True, type=Path, help="image index artifact (orl index)")
+    p.add_argument("--out", required=True, type=Path, help="final model file to write (model.pt)")
+    p.add_argument("--arch", default="resnet50", help="backbone: resnet18/34/50/101/152 (default resnet50)")
+    p.add_argument("--epochs", type=int, default=800, help="training epochs (paper: 800)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per process per micro-batch (paper: 64 x 8)")
+    p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimiser step")
+    p.add_argument("--image-size", type=int, default=224, help="side of the augmented views (paper: 224)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="base lr at --base-batch images, scaled by the global batch (default: the method's)")
+    p.add_argument("--base-batch", type=int, default=None, help="batch at which --lr applies (default: the method's)")
+    p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the method's)")
+    p.add_argument("--warmup-epochs", type=float, default=4.0, help="linear warmup epochs (paper: 4)")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept (0: all)")
+    p.add_argument("--log-every", type=int, default=10, help="optimiser steps per metrics.csv row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16",
+                   help="autocast dtype on GPU (CPU always uses fp32)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="GPU: keep NCHW")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", help="GPU DDP: per-GPU BatchNorm")
+    p.add_argument("--method-args", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="method hyper-parameters, e.g. proj_hidden=512 proj_dim=128 queue_size=4096")
+    p.add_argument("--dataset-args", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra arguments of the method's training dataset (orl.data.datasets.build_dataset)")
+    p.add_argument("--correspondence", type=Path, default=None,
+                   help="--method orl: the stage-2 artifact with kept boxes and mined RoI pairs (correspondence.h5)")
+    p.add_argument("--roi-size", type=int, default=96, help="--method orl: side of the RoI patches (paper: 96)")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train; raises SystemExit(128 + signal) when interrupted after saving a checkpoint."""
+    from orl.data.datasets import build_dataset  # torch is imported lazily, as in every stage
+    from orl.data.image_index import load_index
+    from orl.methods import METHODS
+    from orl.train.launch import configure_determinism, init_distributed, set_threads, shutdown_distributed
+    from orl.train.trainer import TrainConfig, Trainer
+
+    if args.method not in METHODS:
+        raise ValueError(f"unknown method {args.method!r}; choose from {', '.join(sorted(METHODS))}")
+    method_args = parse_method_args(args.method_args)
+    method_args.setdefault("arch", args.arch)
+    dataset_args = parse_method_args(args.dataset_args)
+    if args.method == "orl":
+        if args.correspondence is None:
+            raise ValueError("--method orl needs --correspondence: the stage-2 artifact mining/correspondence.h5")
+        dataset_args.update(correspondence=args.correspondence, roi_size=args.roi_size)
+    elif args.correspondence is not None:
+        raise ValueError(f"--correspondence is only used by --method orl, not by --method {args.method}")
+    rt = init_distributed(args.device)
+    try:
+        set_threads(args.threads)
+        configure_determinism(rt.device)
+        index = load_index(args.index)
+        dataset = build_dataset(args.method, index, image_size=args.image_size, seed=args.seed, **dataset_args)
+        cfg = TrainConfig(
+            method=args.method, method_args=method_args, epochs=args.epochs, batch_size=args.batch_size,
+            accum_steps=args.accum_steps, lr=args.lr, base_batch=args.base_batch, weight_decay=args.weight_decay,
+            warmup_epochs=args.warmup_epochs, workers=args.workers, checkpoint_every=args.checkpoint_every,
+            keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
+            precision=args.precision, channels_last=args.channels_last, sync_bn=args.sync_bn,
+            image_size=args.image_size,
+        )
+        meta = {"index": str(args.index), "image_list_digest": index.digest, "num_images": len(index)}
+        if args.method == "orl":
+            meta.update(correspondence=str(args.correspondence), roi_size=args.roi_size)
+        result = Trainer(cfg, dataset, args.out, runtime=rt, meta=meta).fit()
+    finally:
+        shutdown_distributed()
+    if not result.finished:
+        if rt.is_main:
+            print(f"interrupted at step {result.step}/{result.total_steps}; checkpoint {result.checkpoint}; "
+                  "rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(result.exit_code)
+    if rt.is_main:
+        print(f"trained {args.method} for {result.step} steps -> {result.model_path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the stage without the `orl` dispatcher (python -m orl.stages.pretrain ...)."""
+    parser = argparse.ArgumentParser(prog="orl pretrain", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

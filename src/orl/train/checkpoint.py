@@ -1,0 +1,165 @@
+"""Checkpoints for resume, and the final model file the later stages load.
+
+Training checkpoints (`ckpt-<step>.pt` in a folder beside the declared output) hold everything needed to continue
+bit-for-bit: model, optimiser, grad scaler, position, RNG states, config. The final file (`model.pt`, written once)
+holds only {"method", "hparams", "state_dict", "meta"}. Both are written atomically: a temporary file in the same
+folder, fsync, os.replace; a crash leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+CKPT_PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
+CHECKPOINT_KEYS = ("method", "hparams", "model", "optimizer", "scaler", "epoch", "step", "rng", "config")
+FINAL_KEYS = ("method", "hparams", "state_dict", "meta")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temp file in the target folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:
+    """Name of the checkpoint taken after `step` optimiser steps (zero-padded so names sort by step)."""
+    return Path(folder) / f"ckpt-{step:09d}.pt"
+
+
+def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Checkpoint files in `folder`, newest (highest step) first; temp files are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_PATTERN.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _load(path: Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    # weights_only: our checkpoints hold only tensors and plain Python containers, so the safe loader suffices.
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+def is_valid_checkpoint(path: str | os.PathLike) -> bool:
+    """True when `path` loads (memory-mapped, so cheap) and has every checkpoint key."""
+    try:
+        state = _load(Path(path), mmap=True)
+    except Exception:  # noqa: BLE001 - any failure to read means "not usable"
+        return False
+    return isinstance(state, dict) and all(k in state for k in CHECKPOINT_KEYS)
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The newest readable checkpoint in `folder`, skipping corrupt or partial files (with a warning); None if none."""
+    for path in list_checkpoints(folder):
+        if is_valid_checkpoint(path):
+            return path
+        warnings.warn(f"skipping unreadable checkpoint {path}", stacklevel=2)
+    return None
+
+
+def prune_checkpoints(folder: str | os.PathLike, keep: int) -> None:
+    """Delete all but the `keep` newest checkpoints (keep <= 0 keeps everything)."""
+    if keep > 0:
+        for path in list_checkpoints(folder)[keep:]:
+            path.unlink(missing_ok=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA RNG states, as plain containers and tensors (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what rng_state() returned."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
+    """Write a training checkpoint atomically; `state` must have every key of CHECKPOINT_KEYS."""
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint state lacks {missing}")
+    return atomic_save(dict(state), path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a training checkpoint written by save_checkpoint."""
+    return _load(Path(path), map_location=map_location)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_final(path: str | os.PathLike, method: nn.Module, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write the declared training output: {"method", "hparams", "state_dict", "meta"}, atomically."""
+    method = unwrap(method)
+    state_dict = {k: v.detach().cpu() for k, v in method.state_dict().items()}
+    return atomic_save(
+        {"method": method.name, "hparams": method.hparams(), "state_dict": state_dict, "meta": dict(meta or {})},
+        path,
+    )
+
+
+def load_pretrained(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
+    """Rebuild a trained Method from model.pt (or a training checkpoint) and load its weights; in eval mode.
+
+    Use `.online_backbone()` / `.embed()` on the result: they are the online network, never the EMA target.
+    """
+    from orl.methods import build_method  # lazy: the methods package imports the model zoo
+
+    path = Path(path)
+    try:
+        state = _load(path, map_location=map_location)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise RuntimeError(f"{path}: cannot read pretrained model ({e})") from e
+    if not isinstance(state, dict) or "method" not in state or "hparams" not in state:
+        raise RuntimeError(f"{path}: not an orl model file (no 'method'/'hparams' entries)")
+    weights = state.get("state_dict", state.get("model"))
+    if weights is None:
+        raise RuntimeError(f"{path}: holds no weights ('state_dict' or 'model')")
+    method = build_method(state["method"], **state["hparams"])
+    method.load_state_dict(weights, strict=True)
+    return method.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()

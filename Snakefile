@@ -13,11 +13,16 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/mining.smk"
 include: "workflow/rules/correspondence.smk"
+include: "workflow/rules/bench.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:
@@ -28,4 +33,13 @@ rule all:
         PROPOSALS_OUT,
         CORRESPONDENCE_OUT,
         f"{R}/figures/correspondence.png",
+        f"{R}/bench/summary.csv",
+        FIGURES,
+        f"{R}/summary.txt",
     default_target: True
+
+
+onsuccess:
+    # The run's headline numbers and where the report and the results table are.
+    if os.path.exists(f"{R}/summary.txt"):
+        print(open(f"{R}/summary.txt").read())

@@ -9,6 +9,13 @@ loop like its examples) with the same backbone, heads, batch, size, precision an
 with the ratio orl / lightly. Images: the first --images photos of ../shared/data/coco128 when present, else
 synthetic 640x480 JPEGs.
 
+With --method orl (stage 3) every measurement also runs for BYOL on the same settings and the ratio is printed (the
+paper's cost is ~1.4x BYOL per iteration): the synthetic batches gain the four --roi-size RoI tensors, and the
+real-image runs read a synthetic correspondence artifact (random kept boxes, neighbours and pairs); lightly is skipped.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_throughput.py --method orl --arch resnet18 --image-size 64 \
+        --batch-size 16 --skip data full
+
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_throughput.py --arch resnet18 --image-size 96 --batch-size 32
 """
 
@@ -29,6 +36,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from orl.artifacts import Csr, write_artifact
 from orl.data.datasets import SeededDataset, build_dataset
 from orl.data.image_index import ImageIndex, build_index
 from orl.stages.pretrain import parse_method_args
@@ -36,21 +44,65 @@ from orl.train.launch import choose_device
 from orl.train.trainer import TrainConfig, Trainer
 
 COCO128 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "images"
+ORL_ROI_KEYS = ("intra1", "intra2", "inter1", "inter2")
+ORL_ONLY_ARGS = ("w_global", "w_intra", "w_inter")  # constructor arguments BYOL does not have
 
 
 class SyntheticViews(SeededDataset):
-    """`n` items of fixed random normalised views (no decode, no augmentation)."""
+    """`n` items of fixed random normalised views (no decode, no augmentation); with roi_size, ORL's 4 RoIs too."""
 
-    def __init__(self, n: int, size: int) -> None:
+    def __init__(self, n: int, size: int, roi_size: int | None = None) -> None:
         super().__init__(ImageIndex(Path("."), [f"{i}" for i in range(n)], np.arange(n), np.full(n, size),
                                     np.full(n, size)))
         g = torch.Generator().manual_seed(0)
         self.v1 = torch.randn(n, 3, size, size, generator=g)
         self.v2 = torch.randn(n, 3, size, size, generator=g)
+        self.rois = {} if roi_size is None else {
+            k: torch.randn(n, 3, roi_size, roi_size, generator=g) for k in ORL_ROI_KEYS
+        }
 
     def sample(self, i: int) -> dict[str, Any]:
         """Item i's pre-made views."""
-        return {"view1": self.v1[i], "view2": self.v2[i], "index": i}
+        return {"view1": self.v1[i], "view2": self.v2[i], **{k: v[i] for k, v in self.rois.items()}, "index": i}
+
+
+def _synthetic_correspondence(index: ImageIndex, path: Path, k: int = 10, boxes_per_image: int = 20) -> Path:
+    """A correspondence artifact for `index` with random kept boxes, neighbours and T = int(0.1 B) pairs per row."""
+    rng = np.random.default_rng(0)
+    n, k = len(index), min(k, len(index) - 1) or 1
+    boxes = []
+    for w, h in zip(index.widths.tolist(), index.heights.tolist()):
+        bw = rng.integers(max(1, w // 8), w + 1, boxes_per_image)
+        bh = rng.integers(max(1, h // 8), h + 1, boxes_per_image)
+        boxes.append(np.stack([rng.integers(0, w - bw + 1), rng.integers(0, h - bh + 1), bw, bh], 1).astype(np.int32))
+    neighbors = np.stack([rng.permutation(np.delete(np.arange(n), i))[:k] if n > 1 else np.zeros(k, np.int64)
+                          for i in range(n)]).astype(np.int64)
+    t = max(1, int(0.1 * boxes_per_image))
+
+    def pick(i: int) -> np.ndarray:
+        return boxes[i][rng.integers(0, boxes_per_image, t)]
+
+    pairs = [np.concatenate([pick(q), pick(nb)], 1) for q in range(n) for nb in neighbors[q]]
+    ids = [np.zeros((t, 2), np.int32)] * (n * k)
+    return write_artifact(path, stage="correspondence", image_list_digest=index.digest, params={"synthetic": True},
+                          arrays={"boxes": Csr.from_rows(boxes, (4,), np.int32), "neighbors": neighbors,
+                                  "pairs": Csr.from_rows(pairs, (8,), np.int32),
+                                  "pair_scores": Csr.from_rows([np.ones(t, np.float32)] * (n * k), (), np.float32),
+                                  "pair_box_ids": Csr.from_rows(ids, (2,), np.int32)})
+
+
+def _dataset(args: argparse.Namespace, index: ImageIndex, tmp: Path) -> SeededDataset:
+    """The method's real-image dataset (ORL: over a synthetic correspondence artifact for these images)."""
+    if args.method != "orl":
+        return build_dataset(args.method, index, image_size=args.image_size)
+    corr = _synthetic_correspondence(index, tmp / f"correspondence-{index.digest}.h5")
+    return build_dataset("orl", index, image_size=args.image_size, correspondence=corr, roi_size=args.roi_size)
+
+
+def _as_byol(args: argparse.Namespace) -> argparse.Namespace:
+    """The same settings for BYOL (ORL's baseline): ORL-only constructor arguments dropped."""
+    return argparse.Namespace(**{**vars(args), "method": "byol",
+                                 "method_args": {k: v for k, v in args.method_args.items() if k not in ORL_ONLY_ARGS}})
 
 
 def _machine(device: torch.device) -> str:
@@ -176,9 +228,9 @@ def _lightly_throughput(args: argparse.Namespace) -> float | None:
     return args.steps * args.batch_size / (time.perf_counter() - t0)
 
 
-def _report(results: dict[str, float | None]) -> None:
+def _report(results: dict[str, float | None], name: str | None = None) -> None:
     # Partial results as they come, so a slow run that is cut short still says something.
-    name, value = list(results.items())[-1]
+    name, value = list(results.items())[-1] if name is None else (name, results[name])
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {value if value is None else round(value, 2)} images/s", flush=True)
 
 
@@ -199,7 +251,14 @@ def main() -> None:
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
     p.add_argument("--skip", nargs="*", default=[], choices=("model", "data", "full", "lightly"))
     p.add_argument("--method-args", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--roi-size", type=int, default=None,
+                   help="--method orl: RoI side (default: 96 px scaled like --image-size from 224)")
     args = p.parse_args()
+    if args.roi_size is None:
+        args.roi_size = max(1, round(96 * args.image_size / 224))
+    orl = args.method == "orl"
+    if orl and "lightly" not in args.skip:
+        args.skip.append("lightly")  # lightly's model is BYOL: ORL is compared with orl's own BYOL instead
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device = choose_device(args.device)
@@ -214,31 +273,48 @@ def main() -> None:
         # and the fastest repeat is the one least disturbed by it.
         ours: list[float] = []
         theirs: list[float | None] = []
+        byol: list[float] = []
         for r in range(args.repeats):
             if "model" not in args.skip:
-                synthetic = SyntheticViews(args.batch_size * (args.warmup + args.steps), args.image_size)
+                n = args.batch_size * (args.warmup + args.steps)
+                synthetic = SyntheticViews(n, args.image_size, args.roi_size if orl else None)
                 ours.append(_trainer_throughput(args, synthetic, tmp / f"m{r}" / "model.pt", 0))
                 results["model step (synthetic tensors)"] = max(ours)
-                _report(results)
+                _report(results, "model step (synthetic tensors)")
+                if orl:
+                    byol.append(_trainer_throughput(_as_byol(args), SyntheticViews(n, args.image_size),
+                                                    tmp / f"b{r}" / "model.pt", 0))
+                    results["BYOL model step (synthetic tensors)"] = max(byol)
+                    _report(results, "BYOL model step (synthetic tensors)")
             if "lightly" not in args.skip:
                 theirs.append(_lightly_throughput(args))
                 results["lightly BYOL model step (synthetic tensors)"] = None if None in theirs else max(theirs)
                 _report(results)
         if {"data", "full"} - set(args.skip):
             index = _images(tmp, args.images)
+            views = "2 views + 4 RoIs, 2 decodes" if orl else "2 views"
             if "data" not in args.skip:
-                dataset = build_dataset(args.method, index, image_size=args.image_size)
-                results[f"data only (JPEG decode + 2 views, {args.workers} workers)"] = _data_throughput(args, dataset)
+                dataset = _dataset(args, index, tmp)
+                results[f"data only (JPEG decode + {views}, {args.workers} workers)"] = _data_throughput(args, dataset)
                 _report(results)
+                if orl:
+                    dataset = _dataset(_as_byol(args), index, tmp)
+                    results[f"BYOL data only ({args.workers} workers)"] = _data_throughput(_as_byol(args), dataset)
+                    _report(results)
             if "full" not in args.skip:
                 # Exactly warmup + steps batches of images: one epoch, no extra steps.
                 n = min(len(index), args.batch_size * (args.warmup + args.steps))
                 subset = ImageIndex(index.root, index.file_names[:n], index.ids[:n], index.widths[:n], index.heights[:n])
-                dataset = build_dataset(args.method, subset, image_size=args.image_size)
                 results[f"full step (JPEG + augment, {args.workers} workers)"] = _trainer_throughput(
-                    args, dataset, tmp / "f" / "model.pt", args.workers)
+                    args, _dataset(args, subset, tmp), tmp / "f" / "model.pt", args.workers)
+                _report(results)
+                if orl:
+                    results[f"BYOL full step ({args.workers} workers)"] = _trainer_throughput(
+                        _as_byol(args), _dataset(_as_byol(args), subset, tmp), tmp / "fb" / "model.pt", args.workers)
+                    _report(results)
 
-    print(f"\n{args.method} {args.arch} {args.image_size}px batch {args.batch_size}, {args.steps} timed steps "
+    rois = f", RoIs {args.roi_size}px" if orl else ""
+    print(f"\n{args.method} {args.arch} {args.image_size}px{rois} batch {args.batch_size}, {args.steps} timed steps "
           f"(model steps: best of {args.repeats}), "
           f"{args.device} ({_machine(args.device)}), precision {args.precision if args.device.type == 'cuda' else 'fp32'}\n")
     print("| measurement | images/s |\n|---|---|")
@@ -248,6 +324,12 @@ def main() -> None:
     lightly_ips = results.get("lightly BYOL model step (synthetic tensors)")
     if orl_ips and lightly_ips:
         print(f"\norl / lightly model-step throughput: {orl_ips / lightly_ips:.2f}")
+    if orl:
+        # Throughput ratio BYOL / ORL = ORL's time per iteration relative to BYOL's (paper: ~1.4x).
+        for ours_key, byol_key in zip([k for k in results if not k.startswith("BYOL")],
+                                      [k for k in results if k.startswith("BYOL")]):
+            if results[ours_key] and results[byol_key]:
+                print(f"ORL / BYOL time per iteration, {ours_key}: {results[byol_key] / results[ours_key]:.2f}x")
 
 
 if __name__ == "__main__":

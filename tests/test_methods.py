@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from orl.methods import BYOL, METHODS, Method, MoCoV2, SimCLR, build_method
+from orl.methods import BYOL, METHODS, ORL, Method, MoCoV2, SimCLR, build_method
 from orl.methods.base import momentum_update
 
 TINY = {
@@ -167,8 +167,8 @@ def _defaults(cls: type) -> dict:
 
 
 def test_registry():
-    assert METHODS == {"byol": BYOL, "moco_v2": MoCoV2, "simclr": SimCLR}
-    with pytest.raises(ValueError, match="byol, moco_v2, simclr"):
+    assert METHODS == {"byol": BYOL, "moco_v2": MoCoV2, "orl": ORL, "simclr": SimCLR}
+    with pytest.raises(ValueError, match="byol, moco_v2, orl, simclr"):
         build_method("swav")
 
 

@@ -24,6 +24,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "mine-pairs": ("orl.stages.mine_pairs", "stage 2d: top RoI pairs of one shard's images with their neighbours"),
     "gather-correspondence": ("orl.stages.gather_correspondence", "stage 2d: gather boxes and pairs in image order"),
     "plot-correspondence": ("orl.stages.plot_correspondence", "figure: top-ranked correspondence pairs"),
+    "export": ("orl.stages.export", "stage 4: export the online backbone for torchvision and Detectron2"),
     "bench-svm": ("orl.stages.bench_svm", "benchmark: VOC07 linear SVM (and low-shot) on frozen features"),
     "bench-lowshot": ("orl.stages.bench_lowshot", "benchmark: low-shot SVM from cached VOC07 features"),
     "bench-crops": ("orl.stages.bench_crops", "benchmark data: an ImageFolder of annotated object crops"),

@@ -40,6 +40,8 @@ PROPOSALS_OUT = [f"{R}/mining/proposals.h5", PROPOSALS_QUALITY]
 
 # Stage-1 methods pretrained by this config: BYOL always, the baselines when listed.
 PRETRAIN_METHODS = ["byol"] + list(config["baselines"])
+# Backbones exported and benchmarked: every pretrained method, ORL, and a random-init reference.
+EXPORT_METHODS = PRETRAIN_METHODS + ["orl", "random"]
 
 # Pair quality needs instance annotations (demo and COCO-format data have them; a plain folder does not).
 HAS_ANNOTATIONS = DATASET["kind"] != "folder"

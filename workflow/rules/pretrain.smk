@@ -1,4 +1,5 @@
-# Stage 1 (BYOL and the image-level baselines): one rule per method, all running `orl pretrain`.
+# Stage 1 (BYOL and the image-level baselines) and stage 3 (ORL): one rule per method, all running `orl pretrain`.
+# ORL starts from random init and reads the stage-2 correspondence artifact; the others read only the images.
 
 
 def pretrain_setting(method, key):
@@ -26,13 +27,14 @@ def optional_number(flag, method, key):
     return optional_flag(flag, pretrain_setting(method, key))
 
 
-for _method in PRETRAIN_METHODS:
+for _method in PRETRAIN_METHODS + ["orl"]:
 
     rule:
         name:
             f"pretrain_{_method}"
         input:
             index=INDEX,
+            correspondence=[f"{R}/mining/correspondence.h5"] if _method == "orl" else [],
         output:
             f"{R}/pretrain/{_method}/model.pt",
         params:
@@ -53,6 +55,11 @@ for _method in PRETRAIN_METHODS:
             seed=pretrain_setting(_method, "seed"),
             precision=pretrain_setting(_method, "precision"),
             method_args=optional_flag("--method-args", method_args(_method)),
+            orl_inputs=(
+                f"--correspondence {R}/mining/correspondence.h5 --roi-size {pretrain_setting(_method, 'roi_size')}"
+                if _method == "orl"
+                else ""
+            ),
             per_process_threads=max(1, pretrain_setting(_method, "threads") // max(1, pretrain_setting(_method, "gpus"), pretrain_setting(_method, "processes"))),
         threads: pretrain_setting(_method, "threads")
         resources:
@@ -67,4 +74,30 @@ for _method in PRETRAIN_METHODS:
             " --accum-steps {params.accum_steps} --image-size {params.image_size} {params.lr} {params.base_batch}"
             " {params.weight_decay} --warmup-epochs {params.warmup_epochs} --workers {params.workers}"
             " --threads {params.per_process_threads} --checkpoint-every {params.checkpoint_every}"
-            " --seed {params.seed} --precision {params.precision} {params.method_args} > {log} 2>&1"
+            " --seed {params.seed} --precision {params.precision} {params.orl_inputs} {params.method_args} > {log} 2>&1"
+
+
+# Weight export: the online backbone as a torchvision state_dict and as Detectron2 weights, for every method and a
+# random-init reference.
+for _method in EXPORT_METHODS:
+
+    rule:
+        name:
+            f"export_{_method}"
+        input:
+            [] if _method == "random" else [f"{R}/pretrain/{_method}/model.pt"],
+        output:
+            torchvision=f"{R}/export/{_method}/backbone.pth",
+            detectron2=f"{R}/export/{_method}/backbone_d2.pkl",
+            provenance=f"{R}/export/{_method}/export.json",
+        params:
+            source=(
+                f"--random-init --arch {config['pretrain']['arch']} --seed {config['pretrain']['seed']}"
+                if _method == "random"
+                else f"--model {R}/pretrain/{_method}/model.pt"
+            ),
+            out_dir=f"{R}/export/{_method}",
+        log:
+            f"{R}/logs/export_{_method}.log",
+        shell:
+            "orl export {params.source} --out-dir {params.out_dir} > {log} 2>&1"

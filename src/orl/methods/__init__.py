@@ -1,4 +1,4 @@
-"""Self-supervised methods (BYOL, MoCo v2, SimCLR) behind one interface, and their registry."""
+"""Self-supervised methods (BYOL, MoCo v2, SimCLR, ORL) behind one interface, and their registry."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Any
 from orl.methods.base import Method
 from orl.methods.byol import BYOL
 from orl.methods.moco_v2 import MoCoV2
+from orl.methods.orl import ORL
 from orl.methods.simclr import SimCLR
 
-METHODS: dict[str, type[Method]] = {"byol": BYOL, "moco_v2": MoCoV2, "simclr": SimCLR}
+METHODS: dict[str, type[Method]] = {"byol": BYOL, "moco_v2": MoCoV2, "simclr": SimCLR, "orl": ORL}
 
 
 def build_method(name: str, **kwargs: Any) -> Method:
@@ -21,4 +22,4 @@ def build_method(name: str, **kwargs: Any) -> Method:
     return cls(**kwargs)
 
 
-__all__ = ["BYOL", "METHODS", "Method", "MoCoV2", "SimCLR", "build_method"]
+__all__ = ["BYOL", "METHODS", "Method", "MoCoV2", "ORL", "SimCLR", "build_method"]

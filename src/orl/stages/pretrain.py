@@ -117,7 +117,10 @@ def run(args: argparse.Namespace) -> None:
         )
         meta = {"index": str(args.index), "image_list_digest": index.digest, "num_images": len(index)}
         if args.method == "orl":
-            meta.update(correspondence=str(args.correspondence), roi_size=args.roi_size)
+            from orl.artifacts import read_attrs
+
+            meta.update(correspondence=str(args.correspondence), roi_size=args.roi_size,
+                        correspondence_params_digest=read_attrs(args.correspondence)["params_digest"])
         result = Trainer(cfg, dataset, args.out, runtime=rt, meta=meta).fit()
     finally:
         shutdown_distributed()

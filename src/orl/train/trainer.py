@@ -255,6 +255,9 @@ class Trainer:
             "warmup_epochs": c.warmup_epochs, "seed": c.seed, "image_size": c.image_size,
             "steps_per_epoch": steps_per_epoch, "dataset_size": len(self.dataset),
             "image_list_digest": self.meta.get("image_list_digest"),
+            # ORL's inputs: a new correspondence artifact or RoI size must not resume an old run.
+            "roi_size": self.meta.get("roi_size"),
+            "correspondence_params_digest": self.meta.get("correspondence_params_digest"),
         }, default=str))
 
     def _find_resume(self, fingerprint: Mapping[str, Any]) -> dict[str, Any] | None:

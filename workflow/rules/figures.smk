@@ -1,0 +1,68 @@
+# Figures and the run summary: attention maps (BYOL next to ORL and the baselines), training curves per method.
+
+FIG = config["figures"]
+ATTENTION_METHODS = PRETRAIN_METHODS + ["orl"]
+
+
+def attention_images():
+    """The images whose attention maps are drawn: configured, else the demo's val split, else the index."""
+    if FIG["attention_images"]:
+        return FIG["attention_images"]
+    return f"{DEMO_DIR}/val" if DATASET["kind"] == "demo" else INDEX
+
+
+rule plot_attention:
+    input:
+        models=expand(f"{R}/pretrain/{{method}}/model.pt", method=ATTENTION_METHODS),
+        images=DEMO_DIR if DATASET["kind"] == "demo" else INDEX,
+    output:
+        report(f"{R}/figures/attention.png", caption="../report/attention.rst", category="Figures"),
+    params:
+        models=" ".join(f"{m}={R}/pretrain/{m}/model.pt" for m in ATTENTION_METHODS),
+        images=attention_images(),
+        num=FIG["attention_num"],
+        size=FIG["attention_size"],
+    threads: 1
+    log:
+        f"{R}/logs/plot_attention.log",
+    shell:
+        "orl plot-attention --models {params.models} --images {params.images} --num {params.num}"
+        " --size {params.size} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule plot_curves:
+    input:
+        f"{R}/pretrain/{{method}}/model.pt",
+    output:
+        report(
+            f"{R}/figures/curves_{{method}}.png",
+            caption="../report/curves.rst",
+            category="Figures",
+            subcategory="Training curves",
+        ),
+    params:
+        # metrics.csv is written beside model.pt; it is not a declared output of the training rule, because
+        # Snakemake would delete it (with the checkpoints) before a resumed run.
+        metrics=lambda wc: f"{R}/pretrain/{wc.method}/metrics.csv",
+    log:
+        f"{R}/logs/plot_curves_{{method}}.log",
+    shell:
+        "orl plot-curves --metrics {params.metrics} --title {wildcards.method} --out {output} > {log} 2>&1"
+
+
+FIGURES = [f"{R}/figures/attention.png"] + expand(f"{R}/figures/curves_{{method}}.png", method=ATTENTION_METHODS)
+
+
+rule run_summary:
+    input:
+        FIGURES,
+        f"{R}/figures/correspondence.png",
+        f"{R}/bench/summary.csv",
+        PROPOSALS_OUT,
+        CORRESPONDENCE_OUT,
+    output:
+        f"{R}/summary.txt",
+    params:
+        results=R,
+    shell:
+        "orl run-summary --results {params.results} --out {output}"

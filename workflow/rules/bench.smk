@@ -15,6 +15,8 @@ rule bench_crops:
             optional_flag(flag, BENCH["crops"][key])
             for flag, key in (("--max-train-per-class", "max_train_per_class"), ("--max-val-per-class", "max_val_per_class"))
         ),
+    benchmark:
+        f"{R}/benchmarks/bench_crops.tsv",
     log:
         f"{R}/logs/bench_crops.log",
     shell:
@@ -44,6 +46,8 @@ rule bench_svm:
         mem_mb=BENCH["mem_mb"],
         runtime=BENCH["runtime"],
         gpu=BENCH["gpus"],
+    benchmark:
+        f"{R}/benchmarks/bench/{{method}}/svm.tsv",
     log:
         f"{R}/logs/bench/{{method}}/svm.log",
     shell:
@@ -80,6 +84,8 @@ rule bench_linear:
         mem_mb=BENCH["mem_mb"],
         runtime=BENCH["runtime"],
         gpu=BENCH["gpus"],
+    benchmark:
+        f"{R}/benchmarks/bench/{{method}}/linear_{{dataset}}.tsv",
     log:
         f"{R}/logs/bench/{{method}}/linear_{{dataset}}.log",
     shell:
@@ -112,6 +118,8 @@ rule bench_semi:
         mem_mb=BENCH["mem_mb"],
         runtime=BENCH["runtime"],
         gpu=BENCH["gpus"],
+    benchmark:
+        f"{R}/benchmarks/bench/{{method}}/semi.tsv",
     log:
         f"{R}/logs/bench/{{method}}/semi.log",
     shell:
@@ -144,6 +152,8 @@ rule bench_summary:
     output:
         csv=report(f"{R}/bench/summary.csv", caption="../report/results_table.rst", category="Results"),
         md=f"{R}/bench/summary.md",
+    benchmark:
+        f"{R}/benchmarks/bench_summary.tsv",
     log:
         f"{R}/logs/bench_summary.log",
     shell:
@@ -194,6 +204,8 @@ rule bench_detection:
         mem_mb=DET["mem_mb"],
         runtime=DET["runtime"],
         gpu=DET["gpus"],
+    benchmark:
+        f"{R}/benchmarks/bench/{{method}}/detection.tsv",
     log:
         f"{R}/logs/bench/{{method}}/detection.log",
     shell:

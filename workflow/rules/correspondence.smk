@@ -33,6 +33,8 @@ rule roi_embed:
         mem_mb=CORR["mem_mb"],
         runtime=CORR["runtime"],
         gpu=CORR["gpus"],
+    benchmark:
+        f"{R}/benchmarks/roi_embeddings/part-{{shard}}.tsv",
     log:
         f"{R}/logs/roi_embeddings/part-{{shard}}.log",
     shell:
@@ -60,6 +62,8 @@ rule mine_pairs:
     resources:
         mem_mb=CORR["mem_mb"],
         runtime=CORR["runtime"],
+    benchmark:
+        f"{R}/benchmarks/pairs/part-{{shard}}.tsv",
     log:
         f"{R}/logs/pairs/part-{{shard}}.log",
     shell:
@@ -79,6 +83,8 @@ rule gather_correspondence:
         CORRESPONDENCE_OUT,
     params:
         quality=f"--quality {PAIR_QUALITY} --quality-seed {CORR['quality_seed']}" if HAS_ANNOTATIONS else "",
+    benchmark:
+        f"{R}/benchmarks/gather_correspondence.tsv",
     log:
         f"{R}/logs/gather_correspondence.log",
     shell:
@@ -98,6 +104,8 @@ rule plot_correspondence:
         ),
     params:
         num=CORR["figure_pairs"],
+    benchmark:
+        f"{R}/benchmarks/plot_correspondence.tsv",
     log:
         f"{R}/logs/plot_correspondence.log",
     shell:

@@ -11,6 +11,8 @@ rule demo_data:
         image_size=config["demo"]["image_size"],
         min_objects=config["demo"]["min_objects"],
         max_objects=config["demo"]["max_objects"],
+    benchmark:
+        f"{R}/benchmarks/demo_data.tsv",
     log:
         f"{R}/logs/demo_data.log",
     shell:
@@ -28,6 +30,8 @@ rule index_images:
         images=train_images(),
         annotations=optional_flag("--annotations", train_annotations()),
     threads: config["index"]["threads"]
+    benchmark:
+        f"{R}/benchmarks/index_images.tsv",
     log:
         f"{R}/logs/index_images.log",
     shell:

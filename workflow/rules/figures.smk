@@ -23,6 +23,8 @@ rule plot_attention:
         num=FIG["attention_num"],
         size=FIG["attention_size"],
     threads: 1
+    benchmark:
+        f"{R}/benchmarks/plot_attention.tsv",
     log:
         f"{R}/logs/plot_attention.log",
     shell:
@@ -44,6 +46,8 @@ rule plot_curves:
         # metrics.csv is written beside model.pt; it is not a declared output of the training rule, because
         # Snakemake would delete it (with the checkpoints) before a resumed run.
         metrics=lambda wc: f"{R}/pretrain/{wc.method}/metrics.csv",
+    benchmark:
+        f"{R}/benchmarks/plot_curves_{{method}}.tsv",
     log:
         f"{R}/logs/plot_curves_{{method}}.log",
     shell:

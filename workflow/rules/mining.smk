@@ -14,6 +14,8 @@ rule features:
         workers=config["features"]["workers"],
         precision=config["features"]["precision"],
     threads: config["features"]["threads"]
+    benchmark:
+        f"{R}/benchmarks/features.tsv",
     log:
         f"{R}/logs/features.log",
     shell:
@@ -33,6 +35,8 @@ rule knn:
         route=config["knn"]["route"],
         memory_gb=config["knn"]["memory_gb"],
     threads: config["knn"]["threads"]
+    benchmark:
+        f"{R}/benchmarks/knn.tsv",
     log:
         f"{R}/logs/knn.log",
     shell:
@@ -59,6 +63,8 @@ rule proposals:
     resources:
         mem_mb=PROPOSALS["mem_mb"],
         runtime=PROPOSALS["runtime"],
+    benchmark:
+        f"{R}/benchmarks/proposals/part-{{shard}}.tsv",
     log:
         f"{R}/logs/proposals/part-{{shard}}.log",
     shell:
@@ -78,6 +84,8 @@ rule gather_proposals:
         max_aspect=config["box_filter"]["max_aspect"],
         iou=config["box_filter"]["iou"],
         max_boxes=config["box_filter"]["max_boxes"],
+    benchmark:
+        f"{R}/benchmarks/gather_proposals.tsv",
     log:
         f"{R}/logs/gather_proposals.log",
     shell:

@@ -66,6 +66,8 @@ for _method in PRETRAIN_METHODS + ["orl"]:
             mem_mb=pretrain_setting(_method, "mem_mb"),
             runtime=pretrain_setting(_method, "runtime"),
             gpu=pretrain_setting(_method, "gpus"),
+        benchmark:
+            f"{R}/benchmarks/pretrain_{_method}.tsv",
         log:
             f"{R}/logs/pretrain_{_method}.log",
         shell:
@@ -97,6 +99,8 @@ for _method in EXPORT_METHODS:
                 else f"--model {R}/pretrain/{_method}/model.pt"
             ),
             out_dir=f"{R}/export/{_method}",
+        benchmark:
+            f"{R}/benchmarks/export_{_method}.tsv",
         log:
             f"{R}/logs/export_{_method}.log",
         shell:

@@ -7,7 +7,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: os.path.join(workflow.basedir, "config.yaml")
+# config.yaml (the demo) applies only when no --configfile is given: Snakemake deep-merges a --configfile into the
+# workflow's configfile, which would leak demo sizes into a paper-scale run.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

@@ -55,6 +55,7 @@ def test_paper_configs_dry_run(name: str, repo: Path, tmp_path: Path) -> None:
     """The shipped paper-scale configs validate and build the whole DAG (on empty stand-in data)."""
     (tmp_path / "data" / "coco" / "train2017").mkdir(parents=True)
     (tmp_path / "data" / "coco_plus").mkdir(parents=True)
+    (tmp_path / "data" / "VOCdevkit" / "VOC2007").mkdir(parents=True)
     (tmp_path / "data" / "coco" / "annotations").mkdir(parents=True)
     (tmp_path / "data" / "coco" / "annotations" / "instances_train2017.json").write_text("{}")
     proc = check(snakemake(tmp_path, "-n", "-p", "--cores", "8", "--configfile", str(repo / "configs" / f"{name}.yaml")))
@@ -68,3 +69,13 @@ def test_paper_configs_dry_run(name: str, repo: Path, tmp_path: Path) -> None:
     assert "--arch resnet50 --epochs 800 --batch-size 64" in out
     assert "--image-size 224" in out and "--roi-size 96" in out
     assert "--epochs 20" in out  # semi-supervised, not the demo's 5
+
+
+def test_unset_voc_folder_is_named_when_needed(repo: Path, tmp_path: Path) -> None:
+    """A paper config without VOC2007 still builds everything else; the SVM rule names the missing setting."""
+    config = {"dataset": {"kind": "folder", "images": str(tmp_path / "imgs")}}
+    (tmp_path / "imgs").mkdir()
+    check(snakemake(tmp_path, "-n", "results/index/images.h5", config=config))
+    proc = snakemake(tmp_path, "-n", "results/bench/random/voc07_svm.json", config=config)
+    assert proc.returncode != 0
+    assert "bench.svm.voc_root (not set in the config)" in proc.stdout + proc.stderr

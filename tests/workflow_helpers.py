@@ -11,8 +11,40 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Small enough for seconds on 2 cores; the rules are the same as the demo's.
-TINY_DEMO = {"demo": {"num_train": 16, "num_val": 8, "image_size": 96}}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A copy of `base` with `override` merged in, key by key, at every depth."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def demo_config(override: dict | None = None) -> dict:
+    """The repo's config.yaml with `override` merged in (a --configfile replaces config.yaml as a whole)."""
+    return deep_merge(yaml.safe_load((REPO / "config.yaml").read_text()), override or {})
+
+
+# The demo's rules at a size that runs in about a minute on 2 cores.
+TINY_DEMO = demo_config(
+    {
+        "demo": {"num_train": 16, "num_val": 8, "image_size": 96},
+        "pretrain": {"epochs": 1, "batch_size": 8, "image_size": 32, "workers": 0},
+        "features": {"resize": 37, "crop": 32},
+        "knn": {"k": 3},
+        "box_filter": {"min_size": 16},
+        "correspondence": {"crop_size": 32, "image_size": 96},
+        "bench": {
+            "svm": {"image_size": 32, "k_values": [1, 2], "samples": 2},
+            "linear": {"datasets": {"demo": {"epochs": 1}}},
+            "semi": {"epochs": 1},
+            "detection": {"iterations": 2, "warmup_iters": 1, "milestones": [1, 2], "train_min_sizes": [64, 96],
+                          "test_min_size": 96},
+        },
+        "figures": {"attention_num": 2, "attention_size": 64},
+    }
+)
 
 
 def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: int = 1200) -> subprocess.CompletedProcess:

@@ -26,7 +26,8 @@ rule bench_crops:
 rule bench_svm:
     input:
         weights=f"{R}/export/{{method}}/backbone.pth",
-        data=DEMO_DIR if BENCH["svm"]["data"] == "demo" else [],
+        # The data folder is an input, so a missing or unset VOC2007 folder stops this rule with the path named.
+        data=DEMO_DIR if BENCH["svm"]["data"] == "demo" else (BENCH["svm"]["voc_root"] or "bench.svm.voc_root (not set in the config)"),
     output:
         svm=f"{R}/bench/{{method}}/voc07_svm.json",
         lowshot=f"{R}/bench/{{method}}/voc07_lowshot.json",

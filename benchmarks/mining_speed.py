@@ -14,53 +14,24 @@ its time is extrapolated to all queries in proportion to the (exactly counted) f
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from bench_inputs import benchmark_images, cpu_summary, image_tasks
 
-from orl.data.images import load_rgb
 from orl.mining.correspondence import mine_query
 from orl.mining.naive_mining import naive_mine
-from orl.mining.proposals import ImageTask, ProposalSettings, propose_many
+from orl.mining.proposals import ProposalSettings, propose_many
 from orl.mining.roi_embed import FilterSettings, RoiEmbedder, RoiSettings, embed_kept, kept_boxes
 from orl.models.backbones import build_backbone, feature_dim
 
-COCO128 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "images"
-
 
 def _machine(threads: int, device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} logical CPUs (load {load:.1f} at start), torch {torch.__version__} with "
-            f"{threads} thread(s){gpu}")
-
-
-def _synthetic(folder: Path, n: int) -> list[Path]:
-    rng = np.random.default_rng(0)
-    paths = []
-    for k in range(n):
-        img = rng.normal(110, 25, (480, 640, 3))
-        for _ in range(12):
-            x, y = rng.integers(0, 600), rng.integers(0, 440)
-            img[y : y + rng.integers(20, 240), x : x + rng.integers(20, 320)] = rng.integers(0, 255, 3)
-        path = folder / f"synthetic{k}.png"
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path)
-        paths.append(path)
-    return paths
+    return f"{cpu_summary()}, torch {torch.__version__} with {threads} thread(s){gpu}"
 
 
 def _cached(embedder: RoiEmbedder, images: list, kept: list, settings: RoiSettings, neighbors: np.ndarray,
@@ -99,16 +70,8 @@ def main() -> None:
         raise SystemExit("--k must be smaller than --images")
 
     with tempfile.TemporaryDirectory() as tmp:
-        if COCO128.is_dir():
-            paths = sorted(COCO128.glob("*.jpg"))[: args.images]
-            source = f"first {len(paths)} coco128 photos"
-        else:
-            paths = _synthetic(Path(tmp), args.images)
-            source = f"{len(paths)} synthetic 640x480 scenes"
-        tasks = []
-        for k, p in enumerate(paths):
-            h, w = load_rgb(p).shape[:2]
-            tasks.append(ImageTask(k, str(p), w, h))
+        paths, source = benchmark_images(Path(tmp), args.images)
+        tasks = image_tasks(paths)
         t0 = time.perf_counter()
         cache = args.proposals_cache
         key = np.array([str(t.path) for t in tasks] + [str(args.max_side)])

@@ -10,60 +10,22 @@ box filter on the raw boxes it produced.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from bench_inputs import benchmark_images, cpu_summary, image_tasks
 
-from orl.data.images import load_rgb
 from orl.mining.box_filter import filter_boxes
 from orl.mining.proposals import BACKENDS, ImageTask, ProposalSettings, propose_many
 
-COCO128 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "images"
-
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import cv2
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{cpu}, {os.cpu_count()} logical CPUs (load {load:.1f} at start), Python {platform.python_version()}, "
-        f"OpenCV {cv2.__version__}"
-    )
-
-
-def _synthetic(folder: Path, n: int) -> list[Path]:
-    rng = np.random.default_rng(0)
-    paths = []
-    for k in range(n):
-        img = rng.normal(110, 25, (480, 640, 3))
-        for _ in range(12):
-            x, y = rng.integers(0, 600), rng.integers(0, 440)
-            img[y : y + rng.integers(20, 240), x : x + rng.integers(20, 320)] = rng.integers(0, 255, 3)
-        path = folder / f"synthetic{k}.png"
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def _tasks(paths: list[Path]) -> list[ImageTask]:
-    tasks = []
-    for k, p in enumerate(paths):
-        h, w = load_rgb(p).shape[:2]
-        tasks.append(ImageTask(k, str(p), w, h))
-    return tasks
+    return f"{cpu_summary()}, Python {platform.python_version()}, OpenCV {cv2.__version__}"
 
 
 def _timed(tasks: list[ImageTask], settings: ProposalSettings, workers: int) -> tuple[float, list[np.ndarray]]:
@@ -85,13 +47,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        if COCO128.is_dir():
-            paths = sorted(COCO128.glob("*.jpg"))[: args.images]
-            source = f"first {len(paths)} coco128 photos"
-        else:
-            paths = _synthetic(Path(tmp), args.images)
-            source = f"{len(paths)} synthetic 640x480 scenes"
-        tasks = _tasks(paths)
+        paths, source = benchmark_images(Path(tmp), args.images)
+        tasks = image_tasks(paths)
         mean_px = np.mean([t.width * t.height for t in tasks]) / 1e6
         size = "full resolution" if args.max_side is None else f"max side {args.max_side}"
         print(f"Machine: {_machine()}")

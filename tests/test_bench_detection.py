@@ -18,7 +18,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from orl.bench import coco_data, coco_eval
 from orl.bench import detection as det
-from orl.bench.detection_model import HeadSizes, build_mask_rcnn, infer_arch, load_backbone_state
+from orl.bench.detection_model import HeadSizes, build_mask_rcnn
+from orl.bench.weights import infer_arch, read_backbone_state
 from orl.data.demo_scenes import generate_demo_dataset
 from orl.stages import bench_detection
 from orl.train.launch import Runtime
@@ -112,7 +113,7 @@ def test_train_sizes_follow_detectron2() -> None:
 
 def test_backbone_loads_exported_weights_exactly(tmp_path: Path) -> None:
     state = _resnet18_weights(tmp_path / "backbone.pth")
-    loaded = load_backbone_state(tmp_path / "backbone.pth")
+    loaded = read_backbone_state(tmp_path / "backbone.pth")
     assert infer_arch(loaded) == "resnet18"
     model = build_mask_rcnn("resnet18", 10, loaded, train_min_sizes=(64,), train_max_size=100, test_min_size=64,
                             test_max_size=100, heads=TINY_HEADS)
@@ -136,7 +137,7 @@ def test_backbone_loads_exported_weights_exactly(tmp_path: Path) -> None:
 def test_arch_inference_and_wrong_weights(tmp_path: Path) -> None:
     r50 = torchvision.models.resnet50().state_dict()
     torch.save({"state_dict": {f"module.{k}": v for k, v in r50.items()}}, tmp_path / "wrapped.pth")
-    loaded = load_backbone_state(tmp_path / "wrapped.pth")  # wrapper and DDP prefix removed, fc dropped
+    loaded = read_backbone_state(tmp_path / "wrapped.pth")  # wrapper and DDP prefix removed, fc dropped
     assert infer_arch(loaded) == "resnet50" and not any(k.startswith("fc.") for k in loaded)
     with pytest.raises(ValueError, match="do not fit"):
         build_mask_rcnn("resnet18", 3, loaded, train_min_sizes=(64,), train_max_size=100, test_min_size=64,

@@ -1,5 +1,5 @@
-"""Shared pieces of the linear and semi-supervised benchmarks: ImageFolder scanning, transforms, step schedules,
-a training epoch and top-1 evaluation.
+"""Shared pieces of the linear and semi-supervised benchmarks: ImageFolder scanning, transforms, data loaders,
+step schedules, a training epoch, top-1 evaluation and the result record.
 """
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from orl.bench.common import PathImages, make_loader
 from orl.data.augment import eval_transform, normalize_steps
 from orl.data.images import IMAGE_SUFFIXES
 
@@ -153,3 +155,64 @@ def evaluate(
 def drop_last_for_bn(num_images: int, batch_size: int) -> bool:
     """Drop the last batch only when it would hold one image (BatchNorm cannot train on a single value)."""
     return num_images > batch_size and num_images % batch_size == 1
+
+
+def image_loaders(
+    train: tuple[Sequence[Path], Sequence[int]],
+    val: tuple[Sequence[Path], Sequence[int]],
+    *,
+    crop_size: int,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    device: torch.device,
+    color_aug: bool = False,
+) -> tuple[DataLoader, DataLoader]:
+    """Seeded shuffled train_transform loader over `train` and centre-crop loader over `val` ((paths, labels) each)."""
+    train_ds = PathImages(train[0], train_transform(crop_size, color_aug), train[1])
+    val_ds = PathImages(val[0], center_crop_transform(crop_size), val[1])
+    train_loader = make_loader(
+        train_ds,
+        batch_size,
+        workers,
+        shuffle=True,
+        seed=seed,
+        device=device,
+        drop_last=drop_last_for_bn(len(train_ds), batch_size),
+    )
+    return train_loader, make_loader(val_ds, batch_size, workers, device=device)
+
+
+@dataclass
+class ClassificationResult:
+    """Final top-1 / top-5 (%) and the per-epoch log."""
+
+    top1: float
+    top5: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loaders: tuple[DataLoader, DataLoader],
+    device: torch.device,
+    epochs: int,
+    schedule: Callable[[int], tuple[float, dict[str, float]]],
+    eval_every: int = 0,  # > 0: also evaluate every eval_every epochs
+) -> ClassificationResult:
+    """Train on loaders[0], lr factor schedule(e)[0] in epoch e (logs schedule(e)[1]); then top-k on loaders[1]."""
+    train_loader, val_loader = loaders
+    history: list[dict[str, float]] = []
+    acc: dict[int, float] = {}
+    for epoch in range(epochs):
+        factor, logged = schedule(epoch)
+        set_lrs(optimizer, factor)
+        loss, train_top1 = train_epoch(model, train_loader, optimizer, device)
+        row = {"epoch": epoch + 1, **logged, "loss": loss, "train_top1": train_top1}
+        last = epoch + 1 == epochs
+        if last or (eval_every and (epoch + 1) % eval_every == 0):
+            acc = evaluate(model, val_loader, device)
+            row["val_top1"] = acc[1]
+        history.append(row)
+    return ClassificationResult(top1=acc[1], top5=acc.get(5), history=history)

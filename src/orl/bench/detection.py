@@ -34,8 +34,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from orl.bench import coco_data, coco_eval
-from orl.bench.detection_model import HeadSizes, build_mask_rcnn, file_sha256, infer_arch, \
-    load_backbone_state, norm_parameters, to_sync_bn
+from orl.bench.detection_model import HeadSizes, build_mask_rcnn, norm_parameters, to_sync_bn
+from orl.bench.weights import infer_arch, read_backbone_state, sha256_file
 from orl.train import checkpoint as ckpt
 from orl.train.launch import Runtime, seed_everything
 
@@ -346,7 +346,7 @@ def run_benchmark(weights: str | None, data: DetectionData, out: str | os.PathLi
                   keep_checkpoints_after: bool = False, log_every: int = 20) -> dict[str, Any] | None:
     """Fine-tune from `weights` (None: random init), evaluate, write `out` (rank 0); returns the report on rank 0."""
     out = Path(out)
-    state = load_backbone_state(weights) if weights is not None else None
+    state = read_backbone_state(weights) if weights is not None else None
     if state is not None:
         found = infer_arch(state)
         if arch is not None and arch != found:
@@ -354,7 +354,7 @@ def run_benchmark(weights: str | None, data: DetectionData, out: str | os.PathLi
         arch = found
     elif arch is None:
         raise ValueError("random init (--weights none) needs --arch")
-    weights_sha = file_sha256(weights) if weights is not None else None
+    weights_sha = sha256_file(weights) if weights is not None else None
     train_coco = coco_data.load_coco(data.train_annotations)
     val_coco = coco_data.load_coco(data.val_annotations)
     if coco_data.category_mapping(train_coco) != coco_data.category_mapping(val_coco):

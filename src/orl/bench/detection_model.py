@@ -10,11 +10,8 @@ images per GPU, per-GPU BN would be too noisy, hence SyncBN over the 8 GPUs (see
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torchvision
@@ -30,60 +27,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 # torchvision's (= the pretraining pipeline's) RGB normalisation, on [0, 1] pixels.
 IMAGE_MEAN = [0.485, 0.456, 0.406]
 IMAGE_STD = [0.229, 0.224, 0.225]
-# (bottleneck blocks?, blocks in layer3) -> arch; layer3 depth separates every torchvision ResNet.
-_ARCH_BY_SHAPE = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50", (True, 23): "resnet101",
-                  (True, 36): "resnet152"}
-ARCHS = tuple(sorted(_ARCH_BY_SHAPE.values()))
+ARCHS = ("resnet101", "resnet152", "resnet18", "resnet34", "resnet50")  # the --arch choices
 # Detectron2's FREEZE_AT: stages 1..k are frozen (1 = stem, 2..5 = layer1..layer4); the paper uses 0.
 _STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return dict(state)
-
-
-def load_backbone_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read backbone weights: an exported / torchvision ResNet state_dict, a {"state_dict"|"model": ...} wrapper
-    (DDP "module." prefixes removed), or an orl model.pt (its online backbone); fc.* is dropped."""
-    path = Path(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "method" in obj and "hparams" in obj:
-        from orl.train.checkpoint import load_pretrained  # an orl model.pt: take the ONLINE backbone, never EMA
-
-        obj = load_pretrained(path).online_backbone().state_dict()
-    elif isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a state_dict of tensors")
-    state = _strip_prefix(obj, "module.")
-    return {k: v for k, v in state.items() if not k.startswith("fc.")}
-
-
-def infer_arch(state: Mapping[str, torch.Tensor]) -> str:
-    """resnet18/34/50/101/152 from the parameter names of a torchvision ResNet state_dict."""
-    bottleneck = "layer1.0.conv3.weight" in state
-    blocks = {k.split(".")[1] for k in state if k.startswith("layer3.")}
-    try:
-        return _ARCH_BY_SHAPE[(bottleneck, len(blocks))]
-    except KeyError:
-        raise ValueError(
-            f"cannot tell the ResNet from these weights (bottleneck={bottleneck}, {len(blocks)} blocks in layer3; "
-            f"first keys {list(state)[:4]}); pass --arch"
-        ) from None
 
 
 def build_resnet(arch: str, state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:

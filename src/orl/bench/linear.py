@@ -13,23 +13,13 @@ test: resize the short side (256 for 224) + centre crop, top-1.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from orl.bench.classification import (
-    center_crop_transform,
-    drop_last_for_bn,
-    evaluate,
-    linear_milestones,
-    set_lrs,
-    step_lr,
-    train_epoch,
-    train_transform,
-)
-from orl.bench.common import PathImages, make_loader
+from orl.bench.classification import ClassificationResult, fit, image_loaders, linear_milestones, step_lr
 from orl.bench.features import svm_pool
 from orl.models.backbones import feature_dim, global_pool
 
@@ -92,15 +82,6 @@ class TrainConfig:
         return list(self.milestones) if self.milestones is not None else linear_milestones(self.epochs)
 
 
-@dataclass
-class LinearResult:
-    """Final top-1 / top-5 (%) and the per-epoch log."""
-
-    top1: float
-    top5: float | None
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 def run_linear(
     backbone: nn.Module,
     arch: str,
@@ -109,7 +90,7 @@ def run_linear(
     num_classes: int,
     cfg: TrainConfig,
     device: torch.device,
-) -> LinearResult:
+) -> ClassificationResult:
     """Train the linear head on `train` (paths, labels) and report centre-crop accuracy on `val`."""
     torch.manual_seed(cfg.seed)
     model = LinearProbe(backbone, arch, num_classes, cfg.head).to(device)
@@ -119,29 +100,20 @@ def run_linear(
     )
     for group in optimizer.param_groups:
         group["initial_lr"] = cfg.lr
-    train_ds = PathImages(train[0], train_transform(cfg.crop_size, cfg.color_aug), train[1])
-    val_ds = PathImages(val[0], center_crop_transform(cfg.crop_size), val[1])
-    train_loader = make_loader(
-        train_ds,
-        cfg.batch_size,
-        cfg.workers,
-        shuffle=True,
+    loaders = image_loaders(
+        train,
+        val,
+        crop_size=cfg.crop_size,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
         seed=cfg.seed,
         device=device,
-        drop_last=drop_last_for_bn(len(train_ds), cfg.batch_size),
+        color_aug=cfg.color_aug,
     )
-    val_loader = make_loader(val_ds, cfg.batch_size, cfg.workers, device=device)
     milestones = cfg.resolved_milestones()
-    history: list[dict[str, float]] = []
-    acc: dict[int, float] = {}
-    for epoch in range(cfg.epochs):
+
+    def schedule(epoch: int) -> tuple[float, dict[str, float]]:
         lr = step_lr(cfg.lr, epoch, milestones, cfg.gamma)
-        set_lrs(optimizer, lr / cfg.lr)
-        loss, train_top1 = train_epoch(model, train_loader, optimizer, device)
-        row = {"epoch": epoch + 1, "lr": lr, "loss": loss, "train_top1": train_top1}
-        last = epoch + 1 == cfg.epochs
-        if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            acc = evaluate(model, val_loader, device)
-            row["val_top1"] = acc[1]
-        history.append(row)
-    return LinearResult(top1=acc[1], top5=acc.get(5), history=history)
+        return lr / cfg.lr, {"lr": lr}
+
+    return fit(model, optimizer, loaders, device, cfg.epochs, schedule, cfg.eval_every)

@@ -14,24 +14,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from orl.bench.classification import (
-    center_crop_transform,
-    drop_last_for_bn,
-    evaluate,
-    semi_milestones,
-    set_lrs,
-    step_lr,
-    train_epoch,
-    train_transform,
-)
-from orl.bench.common import PathImages, make_loader
+from orl.bench.classification import ClassificationResult, fit, image_loaders, semi_milestones, step_lr
 from orl.models.backbones import feature_dim, global_pool
 
 AUTHORS_WEIGHT_DECAY = {1: 0.0, 10: 1e-4}
@@ -108,15 +98,6 @@ class SemiConfig:
         return list(self.milestones) if self.milestones is not None else semi_milestones(self.epochs)
 
 
-@dataclass
-class SemiResult:
-    """Final top-1 / top-5 (%) and the per-epoch log."""
-
-    top1: float
-    top5: float | None
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 def run_semi(
     backbone: nn.Module,
     arch: str,
@@ -125,7 +106,7 @@ def run_semi(
     num_classes: int,
     cfg: SemiConfig,
     device: torch.device,
-) -> SemiResult:
+) -> ClassificationResult:
     """Fine-tune on the labelled subset `train` and report centre-crop accuracy on `val`."""
     torch.manual_seed(cfg.seed)
     model = FineTuneNet(backbone, arch, num_classes).to(device)
@@ -138,25 +119,19 @@ def run_semi(
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
     )
-    train_ds = PathImages(train[0], train_transform(cfg.crop_size), train[1])
-    val_ds = PathImages(val[0], center_crop_transform(cfg.crop_size), val[1])
-    train_loader = make_loader(
-        train_ds,
-        cfg.batch_size,
-        cfg.workers,
-        shuffle=True,
+    loaders = image_loaders(
+        train,
+        val,
+        crop_size=cfg.crop_size,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
         seed=cfg.seed,
         device=device,
-        drop_last=drop_last_for_bn(len(train_ds), cfg.batch_size),
     )
-    val_loader = make_loader(val_ds, cfg.batch_size, cfg.workers, device=device)
     milestones = cfg.resolved_milestones()
-    history: list[dict[str, float]] = []
-    for epoch in range(cfg.epochs):
+
+    def schedule(epoch: int) -> tuple[float, dict[str, float]]:
         factor = step_lr(1.0, epoch, milestones, cfg.gamma)
-        set_lrs(optimizer, factor)
-        loss, train_top1 = train_epoch(model, train_loader, optimizer, device)
-        history.append({"epoch": epoch + 1, "lr_factor": factor, "loss": loss, "train_top1": train_top1})
-    acc = evaluate(model, val_loader, device)
-    history[-1]["val_top1"] = acc[1]
-    return SemiResult(top1=acc[1], top5=acc.get(5), history=history)
+        return factor, {"lr_factor": factor}
+
+    return fit(model, optimizer, loaders, device, cfg.epochs, schedule)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["box_iou", "filter_boxes", "filter_mask"]
+__all__ = ["box_iou", "filter_boxes", "filter_mask", "size_aspect_mask"]
 
 
 def _as_boxes(boxes: np.ndarray) -> np.ndarray:
@@ -39,6 +39,17 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return iou
 
 
+def size_aspect_mask(boxes: np.ndarray, min_size: float, max_aspect: float) -> np.ndarray:
+    """Per box, whether it passes the §2d size and aspect tests: both sides >= min_size, long / short <= max_aspect."""
+    boxes = _as_boxes(boxes)
+    w = boxes[:, 2].astype(np.float64)
+    h = boxes[:, 3].astype(np.float64)
+    # Zero-sized boxes (only possible with min_size <= 0) have an infinite aspect ratio: rejected.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        aspect = np.maximum(w / h, h / w)
+    return (w >= min_size) & (h >= min_size) & np.isfinite(aspect) & (aspect <= max_aspect)
+
+
 def filter_mask(
     boxes: np.ndarray,
     min_size: float = 96,
@@ -52,14 +63,7 @@ def filter_mask(
         raise ValueError(f"max_boxes must be at least 1, got {max_boxes}")
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
-    w = boxes[:, 2].astype(np.float64)
-    h = boxes[:, 3].astype(np.float64)
-    ok = (w >= min_size) & (h >= min_size)
-    # Zero-sized boxes (only possible with min_size <= 0) have an infinite aspect ratio: rejected.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        aspect = np.maximum(w / h, h / w)
-    ok &= np.isfinite(aspect) & (aspect <= max_aspect)
-    cand = np.flatnonzero(ok)
+    cand = np.flatnonzero(size_aspect_mask(boxes, min_size, max_aspect))
 
     kept: list[int] = []
     if len(cand):

@@ -15,7 +15,7 @@ import numpy as np
 
 from orl.artifacts import Csr
 from orl.data.image_index import ImageIndex
-from orl.mining.box_filter import box_iou, filter_boxes
+from orl.mining.box_filter import box_iou, filter_boxes, size_aspect_mask
 
 IOU_THRESHOLDS = (0.5, 0.7)
 # COCO's area ranges (in pixels of the original image)
@@ -43,14 +43,6 @@ def best_iou(gt: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     if len(boxes) == 0:
         return np.zeros(len(gt))
     return box_iou(gt, boxes).max(axis=1)
-
-
-def _passes_size_and_aspect(boxes: np.ndarray, min_size: float, max_aspect: float) -> bool:
-    w = boxes[:, 2].astype(np.float64)
-    h = boxes[:, 3].astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        aspect = np.maximum(w / h, h / w)
-    return bool(np.any((w >= min_size) & (h >= min_size) & np.isfinite(aspect) & (aspect <= max_aspect)))
 
 
 def _recalls(ious: np.ndarray, prefix: str = "recall@") -> dict[str, float | None]:
@@ -82,7 +74,7 @@ def proposal_quality(
         raw = boxes[i]
         kept = filter_boxes(raw, min_size, max_aspect, iou_thresh, max_boxes)
         raw_counts[i], kept_counts[i] = len(raw), len(kept)
-        if len(raw) and not _passes_size_and_aspect(raw, min_size, max_aspect):
+        if len(raw) and not size_aspect_mask(raw, min_size, max_aspect).any():
             fallback += 1
         raw_best.append(best_iou(gt[i], raw))
         kept_best.append(best_iou(gt[i], kept))

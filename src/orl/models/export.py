@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import torchvision
 from torch import nn
 
 from orl.models.backbones import build_backbone, feature_dim
+from orl.train.checkpoint import atomic_save, atomic_write
 
 D2_AUTHOR = "orl"
 PIXEL_MEAN = [123.675, 116.280, 103.530]  # torchvision's ImageNet mean x 255, RGB order
@@ -156,30 +156,15 @@ def detectron2_config(arch: str) -> dict[str, Any]:
     return cfg
 
 
-def _atomic_write(path: Path, write: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_torchvision(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write backbone.pth (torch.save of the plain state_dict), atomically."""
-    return _atomic_write(Path(path), lambda f: torch.save(dict(state), f))
+    return atomic_save(dict(state), path)
 
 
 def write_detectron2(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write backbone_d2.pkl (the Detectron2 checkpoint dict, pickled), atomically."""
     ckpt = to_detectron2(state)
-    return _atomic_write(Path(path), lambda f: pickle.dump(ckpt, f, protocol=pickle.HIGHEST_PROTOCOL))
+    return atomic_write(path, lambda f: pickle.dump(ckpt, f, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def read_detectron2(path: str | os.PathLike) -> dict[str, Any]:

@@ -6,18 +6,13 @@ import argparse
 import time
 from pathlib import Path
 
+from orl.bench.classification_cli import add_input_arguments, add_runtime_arguments, write_classification_result
 from orl.bench.svm_data import parse_ints
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `orl bench-linear`."""
-    parser.add_argument(
-        "--weights", required=True, type=Path, help="backbone.pth, a torchvision checkpoint or model.pt"
-    )
-    parser.add_argument("--method-name", required=True, help="name of the method in the result file")
-    parser.add_argument("--arch", default=None, help="resnet18/34/50/101/152 (default: inferred from the weights)")
-    parser.add_argument("--train-dir", required=True, type=Path, help="ImageFolder train split (<class>/<image>)")
-    parser.add_argument("--val-dir", required=True, type=Path, help="ImageFolder validation split")
+    add_input_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="result JSON (bench/<method>/<benchmark>.json)")
     parser.add_argument(
         "--benchmark-name", default="linear", help="e.g. linear_imagenet, linear_places205, linear_demo"
@@ -43,10 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="authors: 2x2 pool + BN + linear; gap: global pool + linear",
     )
     parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N epochs (0: at the end only)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the head init and the data order")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:N")
+    add_runtime_arguments(parser, seed_help="seed of the head init and the data order")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -54,7 +46,6 @@ def run(args: argparse.Namespace) -> None:
     from orl.bench.classification import scan_image_folder
     from orl.bench.common import resolve_device, set_threads
     from orl.bench.linear import TrainConfig, run_linear
-    from orl.bench.results import metric, write_result
     from orl.bench.weights import load_backbone, sha256_file
 
     if args.epochs < 1:
@@ -81,9 +72,6 @@ def run(args: argparse.Namespace) -> None:
     )
     device = resolve_device(args.device)
     result = run_linear(backbone, arch, (train_paths, train_labels), (val_paths, val_labels), len(classes), cfg, device)
-    metrics = {"top1": metric(result.top1)}
-    if result.top5 is not None:
-        metrics["top5"] = metric(result.top5)
     settings = {
         "arch": arch,
         "epochs": cfg.epochs,
@@ -102,15 +90,8 @@ def run(args: argparse.Namespace) -> None:
         "num_val": len(val_paths),
         "num_classes": len(classes),
     }
-    write_result(
-        args.out,
-        method=args.method_name,
-        benchmark=args.benchmark_name,
-        metrics=metrics,
-        settings=settings,
-        weights=args.weights,
-        weights_sha256=sha256_file(args.weights),
-        details={"history": result.history, "seconds": time.perf_counter() - start, "device": str(device)},
+    write_classification_result(
+        args.out, args, args.benchmark_name, result, settings, sha256_file(args.weights), start, device
     )
     print(
         f"{args.method_name}: {args.benchmark_name} top-1 {result.top1:.2f} ({len(classes)} classes, "

@@ -7,18 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orl.bench.classification_cli import add_input_arguments, add_runtime_arguments, write_classification_result
 from orl.bench.svm_data import parse_ints
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `orl bench-semi`."""
-    parser.add_argument(
-        "--weights", required=True, type=Path, help="backbone.pth, a torchvision checkpoint or model.pt"
-    )
-    parser.add_argument("--method-name", required=True, help="name of the method in the result file")
-    parser.add_argument("--arch", default=None, help="resnet18/34/50/101/152 (default: inferred from the weights)")
-    parser.add_argument("--train-dir", required=True, type=Path, help="ImageFolder train split (<class>/<image>)")
-    parser.add_argument("--val-dir", required=True, type=Path, help="ImageFolder validation split")
+    add_input_arguments(parser)
     parser.add_argument(
         "--percent",
         type=float,
@@ -52,10 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--weight-decay", type=float, default=None, help="for every percent; default: 0 for 1%%, 1e-4 otherwise"
     )
     parser.add_argument("--crop-size", type=int, default=224, help="train crop and test centre-crop side")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subset, the head init and the data order")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:N")
+    add_runtime_arguments(parser, seed_help="seed of the subset, the head init and the data order")
 
 
 def _label(percent: float) -> str:
@@ -100,7 +92,6 @@ def _run_one(
     sha: str,
     device: Any,
 ) -> None:
-    from orl.bench.results import metric, write_result
     from orl.bench.semi_supervised import SemiConfig, read_subset_list, run_semi, sample_subset, subset_from_list
     from orl.bench.weights import load_backbone
 
@@ -129,9 +120,6 @@ def _run_one(
     )
     train = ([paths[i] for i in idx], [labels[i] for i in idx])
     result = run_semi(backbone, arch, train, (val_paths, val_labels), len(classes), cfg, device)
-    metrics = {"top1": metric(result.top1)}
-    if result.top5 is not None:
-        metrics["top5"] = metric(result.top5)
     settings = {
         "arch": arch,
         "percent": percent,
@@ -150,16 +138,7 @@ def _run_one(
         "num_val": len(val_paths),
         "num_classes": len(classes),
     }
-    write_result(
-        out,
-        method=args.method_name,
-        benchmark=benchmark,
-        metrics=metrics,
-        settings=settings,
-        weights=args.weights,
-        weights_sha256=sha,
-        details={"history": result.history, "seconds": time.perf_counter() - start, "device": str(device)},
-    )
+    write_classification_result(out, args, benchmark, result, settings, sha, start, device)
     print(
         f"{args.method_name}: {benchmark} top-1 {result.top1:.2f} ({len(idx)} labelled images, "
         f"{cfg.epochs} epochs) in {time.perf_counter() - start:.1f} s -> {out}"

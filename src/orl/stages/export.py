@@ -10,7 +10,6 @@ see docs/export.md for the Detectron2 settings it needs) and export.json (proven
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -34,14 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True, type=Path, help="folder for backbone.pth, backbone_d2.pkl")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def export(
     out_dir: str | os.PathLike,
     model: str | os.PathLike | None = None,
@@ -53,6 +44,7 @@ def export(
 
     out_dir = Path(out_dir)
     if model is not None:
+        from orl.bench.weights import sha256_file
         from orl.train.checkpoint import load_pretrained
 
         method = load_pretrained(model, map_location="cpu")
@@ -61,7 +53,7 @@ def export(
         if arch is not None and arch != found:
             raise ValueError(f"--arch {arch} given but {model} holds a {found} backbone")
         arch = found
-        source: dict[str, Any] = {"model": str(model), "model_sha256": _sha256(Path(model)), "method": method.name,
+        source: dict[str, Any] = {"model": str(model), "model_sha256": sha256_file(model), "method": method.name,
                                   "hparams": method.hparams(), "network": "online"}
     else:
         if arch is None:

@@ -7,14 +7,14 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from orl.artifacts import ArtifactError, Csr, open_artifact, write_artifact
+from orl.artifacts import Csr, open_artifact, write_artifact
 from orl.data.image_index import load_index
+from orl.mining.parts import check_parts, read_part
 from orl.mining.proposal_quality import index_quality
 from orl.stages.proposals import STAGE as PART_STAGE
 
@@ -38,53 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--filter-max-boxes", type=int, default=100, help="quality report: box filter max boxes")
 
 
-@dataclass
-class _Part:
-    path: Path
-    start: int
-    stop: int
-    offsets: np.ndarray
-    params: dict
-    failed: list
-    opencv_version: str
-
-
-def _read_part(path: str | os.PathLike, index_path: str | os.PathLike) -> _Part:
-    with open_artifact(path, stage=PART_STAGE, like=index_path) as art:
-        start, stop = int(art.attrs["start"]), int(art.attrs["stop"])
-        offsets = art.dataset("boxes/offsets")[()]
-        if len(offsets) - 1 != stop - start:
-            raise ArtifactError(f"{art.path}: holds {len(offsets) - 1} images but claims range [{start}, {stop})")
-        return _Part(art.path, start, stop, offsets, art.params, list(art.attrs.get("failed", [])),
-                     str(art.attrs.get("opencv_version", "")))
-
-
-def check_parts(parts: Sequence[_Part], n: int, index_path: str | os.PathLike) -> list[_Part]:
-    """The parts sorted by range, after checking equal settings and that they cover [0, n) exactly once."""
-    if not parts:
-        raise ArtifactError("no proposal parts given")
-    for part in parts[1:]:
-        if part.params != parts[0].params:
-            raise ArtifactError(
-                f"{part.path} was made with {part.params} but {parts[0].path} with {parts[0].params}: rerun all "
-                "proposal shards with the same settings"
-            )
-    ordered = sorted(parts, key=lambda p: (p.start, p.stop))
-    expect = 0
-    for part in ordered:
-        if part.start < expect:
-            raise ArtifactError(
-                f"{part.path} covers images [{part.start}, {part.stop}) but images up to {expect} are already "
-                "covered: two parts overlap"
-            )
-        if part.start > expect:
-            raise ArtifactError(f"no part covers images [{expect}, {part.start}) of {n} in {index_path}: a shard is missing")
-        expect = part.stop
-    if expect != n:
-        raise ArtifactError(f"no part covers images [{expect}, {n}) of {n} in {index_path}: a shard is missing")
-    return ordered
-
-
 def gather_parts(index_path: str | os.PathLike, parts: Sequence[str | os.PathLike]) -> tuple[Csr, dict, list, dict]:
     """Check the parts against the index and each other, then join them in image order.
 
@@ -92,21 +45,27 @@ def gather_parts(index_path: str | os.PathLike, parts: Sequence[str | os.PathLik
     another parameter set, or the parts do not cover every image exactly once.
     """
     index = load_index(index_path)
-    ordered = check_parts([_read_part(p, index_path) for p in parts], len(index), index_path)
+    infos = [read_part(p, PART_STAGE, index_path, "boxes") for p in parts]
+    ordered = check_parts(infos, len(index), index_path, "proposals")
+    part_offsets = []
+    for part in ordered:
+        with open_artifact(part.path, stage=PART_STAGE, like=index_path) as art:
+            part_offsets.append(art.dataset("boxes/offsets")[()])
     # One preallocated array filled part by part: COCO's ~3e8 raw boxes are ~5 GB, so no second copy.
-    total = sum(int(p.offsets[-1]) for p in ordered)
+    total = sum(int(o[-1]) for o in part_offsets)
     values = np.empty((total, 4), dtype=np.int32)
     offsets = [np.zeros(1, dtype=np.int64)]
     base = 0
-    for part in ordered:
-        count = int(part.offsets[-1])
+    for part, part_off in zip(ordered, part_offsets, strict=True):
+        count = int(part_off[-1])
         with open_artifact(part.path, stage=PART_STAGE, like=index_path) as art:
             if count:
                 values[base : base + count] = art.dataset("boxes/values")[()].reshape(-1, 4)
-        offsets.append(part.offsets[1:] + base)
+        offsets.append(part_off[1:] + base)
         base += count
-    failed = [f for part in ordered for f in part.failed]
-    provenance = {"opencv_version": ",".join(sorted({p.opencv_version for p in ordered})), "parts": len(ordered)}
+    failed = [f for part in ordered for f in part.attrs.get("failed", [])]
+    opencv = {str(p.attrs.get("opencv_version", "")) for p in ordered}
+    provenance = {"opencv_version": ",".join(sorted(opencv)), "parts": len(ordered)}
     return Csr(values, np.concatenate(offsets)), ordered[0].params, failed, provenance
 
 

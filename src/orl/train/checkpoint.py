@@ -13,9 +13,9 @@ import random
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -26,14 +26,14 @@ CHECKPOINT_KEYS = ("method", "hparams", "model", "optimizer", "scaler", "epoch",
 FINAL_KEYS = ("method", "hparams", "state_dict", "meta")
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temp file in the target folder, fsync, then rename over `path`."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call `write(f)` on a temp file in the target folder, fsync, then rename over `path`; the temp goes on error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
@@ -41,6 +41,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temp file in the target folder, fsync, then rename over `path`."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:

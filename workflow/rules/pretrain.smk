@@ -7,13 +7,58 @@ def pretrain_setting(method, key):
     return config["pretrain"]["methods"].get(method, {}).get(key, config["pretrain"][key])
 
 
-def pretrain_launcher(method):
-    """`orl` alone, or torchrun with one process per GPU (or per CPU process for gloo DDP tests)."""
-    gpus = pretrain_setting(method, "gpus")
-    procs = gpus if gpus > 0 else pretrain_setting(method, "processes")
+# GPU rules tell `orl` how many GPUs per node they asked for; it stops at once when it sees fewer
+# (orl.train.launch.check_gpus reads this variable).
+EXPECT_GPUS = "ORL_EXPECT_GPUS"
+# First host of the job's allocation: the c10d rendezvous endpoint of a multi-node run. The SLURM jobstep plugin
+# drops $SLURM_JOB_NODELIST from the rule's environment (it keeps $SLURM_JOB_ID), hence the squeue fallback.
+FIRST_HOST = '$(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(squeue -h -o %N -j $SLURM_JOB_ID)}" | head -n 1)'
+
+
+def gpu_launcher(gpus, nodes=1, processes=1, threads=1, port=29400):
+    """The command that starts `orl` for a training rule, with the GPUs per node it must see in $ORL_EXPECT_GPUS.
+
+    gpus <= 1 on one node: `orl`. More GPUs (or CPU processes for gloo DDP tests) on one node: torchrun
+    --standalone with one process each. nodes > 1 (SLURM only): srun starts one torchrun per node, and they meet at
+    a c10d rendezvous on the job's first host.
+    """
+    expect = f"{EXPECT_GPUS}={gpus} " if gpus > 0 else ""
+    if nodes > 1:
+        if gpus < 1:
+            raise ValueError(f"training on {nodes} nodes needs gpus >= 1 (GPUs per node)")
+        return (
+            ': "${SLURM_JOB_ID:?nodes > 1 runs only inside a SLURM job: use --profile profiles/slurm}"; '
+            f"{expect}srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={threads}"
+            f" --kill-on-bad-exit=1 torchrun --nnodes={nodes} --nproc_per_node={gpus} --rdzv_backend=c10d"
+            f" --rdzv_endpoint={FIRST_HOST}:{port} --rdzv_id=$SLURM_JOB_ID --no-python orl"
+        )
+    procs = gpus if gpus > 0 else processes
     if procs <= 1:
-        return "orl"
-    return f"torchrun --standalone --nproc_per_node={procs} --no-python orl"
+        return f"{expect}orl"
+    return f"{expect}torchrun --standalone --nproc_per_node={procs} --no-python orl"
+
+
+def gpu_resources(gpus, nodes=1, threads=1):
+    """SLURM resources of a training rule (snakemake-executor-plugin-slurm names) besides mem_mb and runtime.
+
+    One node: `gpu` (sbatch --gpus), cpus_per_gpu and nodes=1, so the GPUs are never split across nodes. Several
+    nodes: gres gpu:<per node>, one task per node running the rule's own srun (mpi), cpus_per_task per node;
+    tasks_per_gpu=0 stops the plugin from turning `tasks` into --ntasks-per-gpu.
+    """
+    if gpus < 1:
+        return {"gpu": 0}
+    if nodes <= 1:
+        return {"gpu": gpus, "nodes": 1, "cpus_per_gpu": max(1, threads // gpus)}
+    return {"gres": f"gpu:{gpus}", "nodes": nodes, "tasks": nodes, "tasks_per_gpu": 0, "mpi": "srun",
+            "cpus_per_task": threads}
+
+
+def pretrain_launcher(method):
+    """gpu_launcher for one pretraining method."""
+    gpus, nodes, processes, threads, port = (
+        pretrain_setting(method, key) for key in ("gpus", "nodes", "processes", "threads", "rdzv_port")
+    )
+    return gpu_launcher(gpus, nodes, processes, threads, port)
 
 
 def method_args(method):
@@ -65,7 +110,7 @@ for _method in PRETRAIN_METHODS + ["orl"]:
         resources:
             mem_mb=pretrain_setting(_method, "mem_mb"),
             runtime=pretrain_setting(_method, "runtime"),
-            gpu=pretrain_setting(_method, "gpus"),
+            **gpu_resources(pretrain_setting(_method, "gpus"), pretrain_setting(_method, "nodes"), pretrain_setting(_method, "threads")),
         benchmark:
             f"{R}/benchmarks/pretrain_{_method}.tsv",
         log:

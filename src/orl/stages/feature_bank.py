@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> None:
     from orl.data.image_index import load_index
     from orl.mining.features import compute_features, resolve_device
     from orl.train.checkpoint import load_pretrained
+    from orl.train.launch import check_gpus
 
+    check_gpus(device=args.device)
     torch.set_num_threads(max(1, args.threads))
     if not args.model.is_file():
         raise FileNotFoundError(f"model {args.model} does not exist; run the pretraining stage first")

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
     from orl.data.datasets import build_dataset  # torch is imported lazily, as in every stage
     from orl.data.image_index import load_index
     from orl.methods import METHODS
-    from orl.train.launch import configure_determinism, init_distributed, set_threads, shutdown_distributed
+    from orl.train.launch import check_gpus, configure_determinism, init_distributed, set_threads, shutdown_distributed
     from orl.train.trainer import TrainConfig, Trainer
 
     if args.method not in METHODS:
@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> None:
         dataset_args.update(correspondence=args.correspondence, roi_size=args.roi_size)
     elif args.correspondence is not None:
         raise ValueError(f"--correspondence is only used by --method orl, not by --method {args.method}")
+    check_gpus(device=args.device)  # before anything slow: a job on the wrong node fails at once
     rt = init_distributed(args.device)
     try:
         set_threads(args.threads)

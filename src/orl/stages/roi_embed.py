@@ -144,7 +144,9 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from orl.mining.roi_embed import FilterSettings, RoiSettings
+    from orl.train.launch import check_gpus
 
+    check_gpus(device=args.device)
     torch.set_num_threads(max(1, args.threads))
     settings = RoiSettings(
         mode=args.mode, crop_size=args.crop_size, image_size=args.image_size, output_size=args.output_size,

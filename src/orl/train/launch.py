@@ -1,10 +1,12 @@
-"""Process setup for training: torch.distributed from torchrun's environment, device, threads, seeds, determinism."""
+"""Process setup for training: torch.distributed from torchrun's environment, device, threads, seeds, determinism,
+and the check that a GPU job sees the GPUs it asked for."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,3 +95,51 @@ def configure_determinism(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+# The workflow's launcher sets this to the GPUs per node the rule asked SLURM for (its `gpu` resource).
+EXPECT_GPUS_ENV = "ORL_EXPECT_GPUS"
+
+
+def expected_gpus() -> int | None:
+    """GPUs per node this process's job asked for: $ORL_EXPECT_GPUS, else SLURM's $SLURM_GPUS_ON_NODE, else None."""
+    for name in (EXPECT_GPUS_ENV, "SLURM_GPUS_ON_NODE"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"${name}={value!r} is not a whole number of GPUs") from None
+    return None
+
+
+def check_gpus(expected: int | None = None, device: str = "auto") -> int:
+    """Fail with a clear error unless this process sees the GPUs its job asked for; returns how many it sees.
+
+    `expected` defaults to expected_gpus(); nothing is checked when it is unknown or 0, or when device is cpu.
+    Under torchrun, the processes per node must also equal the GPUs asked for.
+    """
+    expected = expected_gpus() if expected is None else expected
+    if not expected or str(device).startswith("cpu"):
+        return 0
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    host = os.uname().nodename
+    if seen < expected:
+        built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "without CUDA (a CPU-only torch wheel)"
+        raise RuntimeError(
+            f"this job asked for {expected} GPU(s) per node but the process on {host} sees {seen} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, "
+            f"SLURM job {os.environ.get('SLURM_JOB_ID', 'none')}, torch {torch.__version__} built {built}). "
+            "Check the GPU request SLURM received (--gpus / --gres in the job's log under .snakemake/slurm_logs), "
+            f"the node's GPUs and driver (nvidia-smi), and ${EXPECT_GPUS_ENV} if set by hand"
+        )
+    local_world = _env_int("LOCAL_WORLD_SIZE", 0)
+    if local_world and local_world != expected:
+        raise RuntimeError(
+            f"torchrun started {local_world} process(es) on {host} but the job asked for {expected} GPU(s) per node; "
+            "--nproc_per_node must equal the GPUs per node"
+        )
+    if seen > expected and _env_int("LOCAL_RANK", 0) == 0:
+        print(f"note: {host} shows {seen} GPUs; this job asked for {expected} and uses the first {expected}",
+              file=sys.stderr)
+    return seen

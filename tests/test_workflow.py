@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orl.data.image_index import load_index
-from workflow_helpers import TINY_DEMO, check, snakemake
+from workflow_helpers import check, snakemake
 
 
 def test_dry_run_of_whole_dag_on_default_config(tmp_path: Path) -> None:
@@ -24,15 +24,6 @@ def test_invalid_config_is_refused_at_load(tmp_path: Path) -> None:
     assert proc.returncode != 0
     proc = snakemake(tmp_path, "-n", config={"no_such_key": 1})
     assert proc.returncode != 0
-
-
-@pytest.mark.slow
-def test_demo_run_then_nothing_to_do(tmp_path: Path) -> None:
-    check(snakemake(tmp_path, "--cores", "2", config=TINY_DEMO))
-    index = load_index(tmp_path / "results" / "index" / "images.h5")
-    assert len(index) == TINY_DEMO["demo"]["num_train"]
-    proc = check(snakemake(tmp_path, "--cores", "2", "-n", config=TINY_DEMO))
-    assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

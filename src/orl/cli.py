@@ -29,11 +29,12 @@ STAGES: dict[str, tuple[str, str]] = {
     "bench-lowshot": ("orl.stages.bench_lowshot", "benchmark: low-shot SVM from cached VOC07 features"),
     "bench-crops": ("orl.stages.bench_crops", "benchmark data: an ImageFolder of annotated object crops"),
     "bench-linear": ("orl.stages.bench_linear", "benchmark: linear classification on a frozen backbone"),
-    "bench-semi": ("orl.stages.bench_semi", "benchmark: semi-supervised fine-tuning on 1 % / 10 % of the labels"),
+    "bench-semi": ("orl.stages.bench_semi", "benchmark: semi-supervised fine-tuning on 1%% and 10%% of the labels"),
     "bench-detection": ("orl.stages.bench_detection", "benchmark: Mask R-CNN ResNet-FPN fine-tuning, COCO box / mask AP"),
     "bench-summary": ("orl.stages.bench_summary", "gather benchmark results into one table"),
     "plot-attention": ("orl.stages.plot_attention", "figure: attention maps of pretrained backbones, side by side"),
     "plot-curves": ("orl.stages.plot_curves", "figure: loss terms and learning rate of a pretraining run"),
+    "report-tables": ("orl.stages.report_tables", "report: render the results table and quality figures as HTML"),
     "run-summary": ("orl.stages.run_summary", "print and save where the report is and the headline numbers"),
 }
 

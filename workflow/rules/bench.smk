@@ -176,9 +176,7 @@ rule bench_detection:
     output:
         f"{R}/bench/{{method}}/detection.json",
     params:
-        launcher=(
-            f"torchrun --standalone --nproc_per_node={DET['gpus']} --no-python orl" if DET["gpus"] > 1 else "orl"
-        ),
+        launcher=gpu_launcher(DET["gpus"]),
         train_images=detection_data("train_images", f"{DEMO_DIR}/train"),
         train_annotations=detection_data("train_annotations", f"{DEMO_DIR}/annotations/instances_train.json"),
         val_images=detection_data("val_images", f"{DEMO_DIR}/val"),

@@ -57,9 +57,60 @@ rule plot_curves:
 FIGURES = [f"{R}/figures/attention.png"] + expand(f"{R}/figures/curves_{{method}}.png", method=ATTENTION_METHODS)
 
 
+# The report shows HTML inline but offers CSV and JSON only as downloads: the results table and the two mining
+# quality files are rendered as self-contained HTML pages for it.
+RESULTS_PAGE = f"{R}/bench/summary.html"
+QUALITY_PAGES = [f"{R}/mining/proposals_quality.html"] + ([f"{R}/mining/pair_quality.html"] if HAS_ANNOTATIONS else [])
+REPORT_PAGES = [RESULTS_PAGE] + QUALITY_PAGES
+
+
+rule results_page:
+    input:
+        f"{R}/bench/summary.csv",
+    output:
+        report(RESULTS_PAGE, caption="../report/results_table.rst", category="Results"),
+    benchmark:
+        f"{R}/benchmarks/results_page.tsv",
+    log:
+        f"{R}/logs/results_page.log",
+    shell:
+        "orl report-tables --kind results --input {input} --out {output} > {log} 2>&1"
+
+
+rule proposals_quality_page:
+    input:
+        PROPOSALS_QUALITY,
+    output:
+        report(
+            f"{R}/mining/proposals_quality.html",
+            caption="../report/proposals_quality.rst",
+            category="Correspondence mining",
+        ),
+    benchmark:
+        f"{R}/benchmarks/proposals_quality_page.tsv",
+    log:
+        f"{R}/logs/proposals_quality_page.log",
+    shell:
+        "orl report-tables --kind proposals --input {input} --out {output} > {log} 2>&1"
+
+
+rule pair_quality_page:
+    input:
+        PAIR_QUALITY,
+    output:
+        report(f"{R}/mining/pair_quality.html", caption="../report/pair_quality.rst", category="Correspondence mining"),
+    benchmark:
+        f"{R}/benchmarks/pair_quality_page.tsv",
+    log:
+        f"{R}/logs/pair_quality_page.log",
+    shell:
+        "orl report-tables --kind pairs --input {input} --out {output} > {log} 2>&1"
+
+
 rule run_summary:
     input:
         FIGURES,
+        REPORT_PAGES,
         f"{R}/figures/correspondence.png",
         f"{R}/bench/summary.csv",
         PROPOSALS_OUT,

@@ -70,3 +70,35 @@ def test_unset_voc_folder_is_named_when_needed(repo: Path, tmp_path: Path) -> No
     proc = snakemake(tmp_path, "-n", "results/bench/random/voc07_svm.json", config=config)
     assert proc.returncode != 0
     assert "bench.svm.voc_root (not set in the config)" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_baselines_train_through_snakemake_and_torchrun(tmp_path: Path) -> None:
+    """With `baselines` listed, MoCo v2 and SimCLR train through their rules; BYOL runs as 2 gloo processes."""
+    from demo_run import TINY_RUN
+
+    from workflow_helpers import deep_merge
+
+    config = deep_merge(
+        TINY_RUN,
+        {
+            "baselines": ["moco_v2", "simclr"],
+            "pretrain": {
+                "methods": {"byol": {"processes": 2}, "moco_v2": {"method_args": {"queue_size": 64}}},
+            },
+        },
+    )
+    targets = [f"results/pretrain/{m}/model.pt" for m in ("byol", "moco_v2", "simclr")]
+    proc = check(snakemake(tmp_path, "--cores", "2", "-p", *targets, config=config))
+    assert "torchrun --standalone --nproc_per_node=2 --no-python orl pretrain --method byol" in proc.stdout
+    import torch
+
+    from orl.methods import METHODS
+    from orl.train.checkpoint import load_pretrained
+
+    for method in ("byol", "moco_v2", "simclr"):
+        model = load_pretrained(tmp_path / "results" / "pretrain" / method / "model.pt")
+        assert isinstance(model, METHODS[method])
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+    log = (tmp_path / "results" / "logs" / "pretrain_byol.log").read_text()
+    assert "trained byol" in log

@@ -90,7 +90,7 @@ def test_baselines_train_through_snakemake_and_torchrun(tmp_path: Path) -> None:
     )
     targets = [f"results/pretrain/{m}/model.pt" for m in ("byol", "moco_v2", "simclr")]
     proc = check(snakemake(tmp_path, "--cores", "2", "-p", *targets, config=config))
-    assert "torchrun --standalone --nproc_per_node=2 --no-python orl pretrain --method byol" in proc.stdout
+    assert "torchrun --standalone --nproc_per_node=2 --no-python orl pretrain --method byol" in proc.stdout + proc.stderr
     import torch
 
     from orl.methods import METHODS

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from orl.artifacts import ArtifactError, Csr, open_artifact, read_attrs, write_artifact
+from orl.bench.weights import sha256_file
 from orl.data.image_index import build_index, load_index, write_index
 from orl.methods import build_method
 from orl.mining.correspondence import mine_query, num_pairs, top_pairs
@@ -197,7 +198,7 @@ def test_artifact_contract(world: dict, mined: dict) -> None:
     assert a["mode"] == "crop" and a["ratio"] == 0.1 and a["k"] == K and a["crop_size"] == 32
     assert a["filter"] == FILT.params() and a["num_fallback_images"] == 1 and a["fallback_first_box"] == [4]
     assert a["knn"] == str(world["knn"]) and a["proposals"] == str(world["proposals"])
-    assert a["model_sha256"] == roi_embed.file_sha256(world["model"]) and a["knn_params_digest"]
+    assert a["model_sha256"] == sha256_file(world["model"]) and a["knn_params_digest"]
     assert a["image_list_digest"] == load_index(world["index"]).digest
     assert max(len(c["pair_box_ids"][r]) for r in range(n * K)) >= 2  # some query has B_q >= 20
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
+from orl.bench.weights import sha256_file
 from pathlib import Path
 
 STAGE = "features"
@@ -23,14 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype on GPU (CPU: fp32)"
     )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run(args: argparse.Namespace) -> None:
@@ -70,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
         arrays={"features": features},
         attrs={
             "model": str(args.model),
-            "model_sha256": _sha256(args.model),
+            "model_sha256": sha256_file(args.model),
             "index": str(args.index),
             "device": str(device),
             "num_images": features.shape[0],

@@ -8,7 +8,7 @@ shard/shards/mode. `orl mine-pairs` reads these rows lazily; `orl gather-corresp
 from __future__ import annotations
 
 import argparse
-import hashlib
+from orl.bench.weights import sha256_file
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,15 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in the main process")
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:N")
     parser.add_argument("--out", required=True, type=Path, help="part artifact to write (.h5)")
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file (the model's identity in the artifacts' provenance)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_shard(
@@ -104,7 +95,7 @@ def run_shard(
     offsets = np.zeros(len(kept) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     boxes = Csr(np.concatenate(kept).astype(np.int32).reshape(-1, 4) if kept else np.zeros((0, 4), np.int32), offsets)
-    model_sha = file_sha256(Path(model))
+    model_sha = sha256_file(model)
     first = [start + i for i, fb in enumerate(fallbacks) if fb == FALLBACK_FIRST]
     whole = [start + i for i, fb in enumerate(fallbacks) if fb == FALLBACK_WHOLE]
     return write_artifact(

@@ -65,6 +65,23 @@ CATEGORIES: list[dict] = [
 
 
 @dataclass(frozen=True)
+class World:
+    """The knobs of the scene distribution (sizes are fractions of the image side)."""
+
+    scale: tuple[float, float] = (0.06, 0.22)  # object radius range, log-uniform
+    clutter: tuple[int, int] = (4, 4)  # at most this many line segments and blobs
+    background_contrast: float = 40.0  # colour swing of the smooth background field
+    background_stripes: float = 0.5  # probability of faint stripes on the background
+    textured: bool = True  # categories carry their texture; False: two-tone flat shapes, shape alone tells them apart
+    num_categories: int = 10
+    saturation: float = 1.0  # 0: grey objects, 1: fully random colours
+    inside: bool = False  # centres drawn so that whole objects fit in the image (no border clipping)
+
+
+DEFAULT_WORLD = World()
+
+
+@dataclass(frozen=True)
 class SceneObject:
     """One annotated object of a rendered scene."""
 
@@ -194,14 +211,15 @@ def _texture(name: str, rng: np.random.Generator, a: np.ndarray, b: np.ndarray, 
 # Background: smooth low-contrast colour field, faint pattern, pixel noise, then clutter that is no category.
 
 
-def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _background(rng: np.random.Generator, size: int, world: World) -> tuple[np.ndarray, np.ndarray]:
     """Textured background (float32 HxWx3) and its base colour."""
     base = rng.uniform(40, 215, size=3)
-    other = np.clip(base + rng.uniform(-40, 40, size=3), 0, 255)
+    c = world.background_contrast
+    other = np.clip(base + rng.uniform(-c, c, size=3), 0, 255)
     field = _smooth_noise(rng, size, size, int(rng.integers(2, 6)), 1)
     canvas = base + field * (other - base)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    if rng.random() < 0.5:  # faint stripes in half of the backgrounds, so stripes alone do not mean "object"
+    if rng.random() < world.background_stripes:  # faint stripes in half of the backgrounds, so stripes alone do not mean "object"
         x, _ = _rotate(xx, yy, rng.uniform(0, math.pi))
         canvas += rng.uniform(4, 10) * np.sin(2 * math.pi * x / rng.uniform(5, 14))[..., None]
     canvas += rng.normal(0, rng.uniform(3, 8), size=(size, size, 1))  # grey grain
@@ -221,10 +239,10 @@ def _window(cx: float, cy: float, reach: float, size: int) -> tuple[tuple[slice,
     return (slice(y0, y1), slice(x0, x1)), yy, xx
 
 
-def _draw_clutter(rng: np.random.Generator, canvas: np.ndarray, base: np.ndarray) -> None:
+def _draw_clutter(rng: np.random.Generator, canvas: np.ndarray, base: np.ndarray, world: World) -> None:
     """Paint line segments and irregular blobs that belong to no category."""
     size = canvas.shape[0]
-    for _ in range(int(rng.integers(1, 5))):  # thick line segments
+    for _ in range(int(rng.integers(0, world.clutter[0] + 1))):  # thick line segments
         p, q = rng.uniform(0, size, size=2), rng.uniform(0, size, size=2)
         width = rng.uniform(1.5, max(2.0, size / 40))
         mid, d = (p + q) / 2, q - p
@@ -232,7 +250,7 @@ def _draw_clutter(rng: np.random.Generator, canvas: np.ndarray, base: np.ndarray
         t = np.clip(((xx - p[0]) * d[0] + (yy - p[1]) * d[1]) / max(float(d @ d), 1e-6), 0, 1)
         near = np.hypot(xx - p[0] - t * d[0], yy - p[1] - t * d[1]) <= width / 2
         canvas[box][near] = _clutter_colour(rng, base)
-    for _ in range(int(rng.integers(1, 5))):  # lumpy blobs: star-convex with random low harmonics
+    for _ in range(int(rng.integers(0, world.clutter[1] + 1))):  # lumpy blobs: star-convex with random low harmonics
         cx, cy = rng.uniform(0, size, size=2)
         radius = rng.uniform(0.04, 0.12) * size
         box, yy, xx = _window(cx, cy, 1.75 * radius + 1, size)  # harmonics add at most 0.75 radius
@@ -266,10 +284,11 @@ def _min_visible(full_area: int) -> int:
     return max(math.ceil(MIN_VISIBLE_FRACTION * full_area), MIN_VISIBLE_PIXELS)
 
 
-def _instance_colours(rng: np.random.Generator, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _instance_colours(rng: np.random.Generator, base: np.ndarray, saturation: float) -> tuple[np.ndarray, np.ndarray]:
     """Two clearly different random colours whose mix stands out from the background base colour."""
     for _ in range(100):
         c1, c2 = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
+        c1, c2 = (c.mean() + saturation * (c - c.mean()) for c in (c1, c2))
         if np.linalg.norm(c1 - c2) >= 90 and np.linalg.norm((c1 + c2) / 2 - base) >= 60:
             break
     return c1, c2
@@ -283,13 +302,15 @@ def _try_place(
     base: np.ndarray,
     scale_hi: float,
     scale_lo: float,
+    world: World,
 ) -> bool:
     """Sample one object; paint it and return True only if it and every earlier object stay visible enough."""
     size = canvas.shape[0]
-    cat = int(rng.integers(len(_CATEGORY_SPECS)))
+    cat = int(rng.integers(world.num_categories))
     shape_name, texture_name = _CATEGORY_SPECS[cat]
     scale = float(math.exp(rng.uniform(math.log(scale_lo), math.log(scale_hi))))  # log-uniform: many small ones
-    cx, cy = rng.uniform(0, size, size=2)
+    margin = min(scale, size / 2) if world.inside else 0.0
+    cx, cy = rng.uniform(margin, size - margin, size=2)
     angle = rng.uniform(0, 2 * math.pi)
 
     # Evaluate the shape on its whole window, even outside the image, so border clipping counts as occlusion.
@@ -314,8 +335,8 @@ def _try_place(
     if any(p.visible - int(n) < p.keep for p, n in zip(placed, stolen)):
         return False
 
-    c1, c2 = _instance_colours(rng, base)
-    t = _texture(texture_name, rng, a[crop], b[crop], scale)[..., None]
+    c1, c2 = _instance_colours(rng, base, world.saturation)
+    t = _texture(texture_name if world.textured else "solid", rng, a[crop], b[crop], scale)[..., None]
     colours = c1 + t * (c2 - c1) + rng.normal(0, 3, size=t.shape)  # mild grain so "solid" is not flat
     window = canvas[iy0:iy1, ix0:ix1]
     window[in_image] = colours[in_image]
@@ -326,19 +347,19 @@ def _try_place(
     return True
 
 
-def _render_once(rng: np.random.Generator, size: int, min_objects: int, max_objects: int) -> Scene | None:
+def _render_once(rng: np.random.Generator, size: int, min_objects: int, max_objects: int, world: World) -> Scene | None:
     """One attempt at a scene; None if fewer than min_objects could be placed."""
-    canvas, base = _background(rng, size)
-    _draw_clutter(rng, canvas, base)
+    canvas, base = _background(rng, size, world)
+    _draw_clutter(rng, canvas, base, world)
     owner = np.full((size, size), -1, dtype=np.int16)  # which object owns each pixel; -1 = background
     placed: list[_Placed] = []
-    scale_lo = max(5.0, 0.06 * size)
-    scale_hi = max(scale_lo * 1.01, 0.22 * size)
+    scale_lo = max(5.0, world.scale[0] * size)
+    scale_hi = max(scale_lo * 1.01, world.scale[1] * size)
     for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         for attempt in range(_MAX_TRIES_PER_OBJECT):
             # Shrink the largest allowed size as tries fail, so crowded scenes still fit another object.
             hi = scale_lo * 1.01 + (scale_hi - scale_lo * 1.01) * (1 - attempt / _MAX_TRIES_PER_OBJECT)
-            if _try_place(rng, canvas, owner, placed, base, hi, scale_lo):
+            if _try_place(rng, canvas, owner, placed, base, hi, scale_lo, world):
                 break
     if len(placed) < min_objects:
         return None
@@ -353,10 +374,12 @@ def _render_once(rng: np.random.Generator, size: int, min_objects: int, max_obje
     return Scene(image, objects)
 
 
-def render_scene(rng: np.random.Generator, image_size: int, min_objects: int, max_objects: int) -> Scene:
+def render_scene(
+    rng: np.random.Generator, image_size: int, min_objects: int, max_objects: int, world: World = DEFAULT_WORLD
+) -> Scene:
     """Render one scene with between min_objects and max_objects annotated objects."""
     for _ in range(_MAX_SCENE_ATTEMPTS):
-        scene = _render_once(rng, image_size, min_objects, max_objects)
+        scene = _render_once(rng, image_size, min_objects, max_objects, world)
         if scene is not None:
             return scene
     raise RuntimeError(
@@ -390,7 +413,7 @@ def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _write_split(
-    root: Path, split: str, count: int, *, seed: int, image_size: int, min_objects: int, max_objects: int
+    root: Path, split: str, count: int, *, seed: int, image_size: int, min_objects: int, max_objects: int, world: World
 ) -> Path:
     """Render and write one split's images and instances JSON; return the JSON path."""
     image_dir = root / split
@@ -398,7 +421,7 @@ def _write_split(
     images, annotations = [], []
     for index in range(count):
         image_id = index + 1  # COCO ids start at 1
-        scene = render_scene(_image_rng(seed, split, index), image_size, min_objects, max_objects)
+        scene = render_scene(_image_rng(seed, split, index), image_size, min_objects, max_objects, world)
         file_name = f"{image_id:06d}.jpg"
         # Fixed quality/subsampling and no EXIF: Pillow then writes the same bytes every time.
         Image.fromarray(scene.image, "RGB").save(image_dir / file_name, "JPEG", quality=JPEG_QUALITY, subsampling=0)
@@ -450,6 +473,7 @@ def generate_demo_dataset(
     image_size: int = DEFAULT_IMAGE_SIZE,
     min_objects: int = DEFAULT_MIN_OBJECTS,
     max_objects: int = DEFAULT_MAX_OBJECTS,
+    world: World = DEFAULT_WORLD,
 ) -> dict[str, Path]:
     """Write the demo COCO dataset (train and val) to out_dir, replacing it; return its image and JSON paths."""
     _check_params(num_train, num_val, image_size, min_objects, max_objects)
@@ -460,7 +484,7 @@ def generate_demo_dataset(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        params = dict(seed=seed, image_size=image_size, min_objects=min_objects, max_objects=max_objects)
+        params = dict(seed=seed, image_size=image_size, min_objects=min_objects, max_objects=max_objects, world=world)
         _write_split(tmp, "train", num_train, **params)
         _write_split(tmp, "val", num_val, **params)
         if out_dir.exists():

@@ -250,6 +250,29 @@ def test_run_summary_prints_each_methods_number(tmp_path: Path, capsys: pytest.C
     assert "pair_quality.json): unreadable" in printed
 
 
+def test_run_summary_prints_margins_over_random_init(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    (root / "bench").mkdir(parents=True)
+    (root / "bench" / "summary.csv").write_text(
+        "method,benchmark,metric,mean,std,n,settings\n"
+        "byol,knn_demo,top1,31.5,,1,\n"
+        "orl,knn_demo,top1,35.25,,1,\n"
+        "random,knn_demo,top1,30.0,,1,\n"
+        "chance,knn_demo,top1,10.0,,,chance: 100 / classes\n"
+        "orl,detection,bbox/AP,0.1,,1,\n"
+    )
+    text = summary.build_summary(root)
+    head = text.splitlines()
+    table = head.index(next(line for line in head if line.startswith("Headline")))
+    assert "random" in head[table + 1] and "chance" in head[table + 1]
+    assert head[table + 1].index("orl") < head[table + 1].index("random") < head[table + 1].index("chance")
+    margins = text[text.index("Margin over random init"):]
+    knn = next(line for line in margins.splitlines() if "knn_demo" in line)
+    assert "+1.50" in knn and "+5.25" in knn and knn.index("+1.50") < knn.index("+5.25")
+    assert "detection" not in margins  # no random-init row to compare with
+    assert "chance" not in margins.splitlines()[1]
+
+
 def test_run_summary_on_an_empty_results_folder(tmp_path: Path) -> None:
     text = summary.build_summary(tmp_path)
     assert "not made (no benchmark ran)" in text and "Headline" not in text

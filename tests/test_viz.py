@@ -182,6 +182,24 @@ def test_curves_png_from_metrics_csv(tmp_path: Path) -> None:
         assert np.asarray(img.convert("RGB")).std() > 10
 
 
+def _green_pixels(path: Path) -> int:
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int((np.abs(rgb - np.array([44, 160, 44])).sum(axis=2) < 30).sum())  # matplotlib's tab:green
+
+
+def test_curves_draw_the_knn_monitor_from_step_0(tmp_path: Path) -> None:
+    header = "step,epoch,knn_top1,lr,loss,loss_12,loss_21,images_per_s"  # the step-0 row has only the kNN value
+    rows = [[0, 0.0, 12.5, "", "", "", "", ""]]
+    rows += [[s, s / 10, 12.5 + s if s % 10 == 0 else "", 0.05, 4 - s / 20, 2, 2, 100.0] for s in range(5, 55, 5)]
+    metrics = _write_metrics(tmp_path / "knn" / "metrics.csv", rows, header=header)
+    m = curves.read_metrics(metrics)
+    assert m.steps[0] == 0 and np.isnan(m.columns["loss"][0]) and m.columns["knn_top1"][0] == 12.5
+    with_knn = curves.plot_curves(metrics, tmp_path / "with.png")
+    plain = curves.plot_curves(_write_metrics(tmp_path / "plain" / "metrics.csv", [r[:2] + r[3:] for r in rows[1:]],
+                                              header=HEADER), tmp_path / "plain.png")
+    assert _green_pixels(with_knn) > 200 and _green_pixels(plain) == 0
+
+
 def test_curves_with_one_row_and_cli(tmp_path: Path) -> None:
     metrics = _write_metrics(tmp_path / "metrics.csv", [[1, 0.5, 0.001, 3.9, 1.9, 2.0, 12.5]])
     out = tmp_path / "one.png"

@@ -26,7 +26,7 @@ TINY_RUN: dict = deep_merge(
         "bench": {
             "crops": {"size": 16, "max_train_per_class": 8, "max_val_per_class": 4},
             "svm": {"batch_size": 32, "costs": [1.0], "folds": 2, "k_values": [1]},
-            "linear": {"batch_size": 32, "crop_size": 16},
+            "frozen": {"image_size": 16, "weight_decays": [1e-4, 1e-2]},
             "semi": {"percents": [10], "batch_size": 32, "crop_size": 16},
             "detection": {"train_min_sizes": [64], "train_max_size": 96, "test_min_size": 64, "test_max_size": 96,
                           "fpn_channels": 16, "box_head_dim": 32, "roi_batch_size": 16, "test_proposals": 20,

@@ -236,6 +236,7 @@ def test_end_to_end_on_demo_scenes(demo: dict[str, Path], tmp_path: Path) -> Non
     assert report["weights"]["arch"] == "resnet18" and len(report["weights"]["sha256"]) == 64
     assert report["settings"]["iterations"] == 3 and report["settings"]["train_min_sizes"] == [64, 96]
     assert report["method"] == "orl"
+    assert report["chance"] == {t: dict.fromkeys(report[t], 0.0) for t in ("bbox", "segm")}  # AP chance is 0
     assert not det.checkpoint_dir(out).exists()  # removed after success
 
 

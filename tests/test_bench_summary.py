@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bench_helpers import run_stage
 
@@ -145,3 +146,32 @@ def test_summary_stage(tmp_path: Path) -> None:
         run_stage(bench_summary, ["--inputs", str(tmp_path / "bench" / "demo_crops" / "crops.json"), *outs])
     with pytest.raises(ValueError, match="no result files"):
         run_stage(bench_summary, ["--root", str(tmp_path / "empty"), *outs])
+
+
+def test_every_benchmark_group_ends_with_random_init_and_chance(tmp_path: Path) -> None:
+    from orl.bench.results import average_precision_chance, topk_chance
+
+    for i, method in enumerate(("orl", "byol", "random")):
+        common = dict(method=method, settings={}, weights="w", weights_sha256="s")
+        write_result(tmp_path / method / "knn_demo.json", benchmark="knn_demo", metrics={"top1": metric(30.0 + i)},
+                     chance={"top1": topk_chance(10)}, chance_rule="100 / classes", **common)
+        labels = np.array([[1, -1], [-1, 1], [-1, -1], [0, 1]])  # positive rates 1/3 and 2/4
+        write_result(tmp_path / method / "voc07_svm.json", benchmark="voc07_svm", metrics={"mAP": metric(50.0 + i)},
+                     chance={"mAP": average_precision_chance(labels)}, **common)
+    det = {"bbox": {"AP": 0.1}, "method": "orl", "chance": {"bbox": {"AP": 0.0}}, "chance_rule": "0"}
+    (tmp_path / "orl" / "detection.json").write_text(json.dumps(det))
+    rows = collect_rows(find_results(tmp_path))
+    order = [(r["benchmark"], r["method"]) for r in rows]
+    assert order == [
+        ("detection", "orl"), ("detection", "chance"),
+        ("knn_demo", "byol"), ("knn_demo", "orl"), ("knn_demo", "random"), ("knn_demo", "chance"),
+        ("voc07_svm", "byol"), ("voc07_svm", "orl"), ("voc07_svm", "random"), ("voc07_svm", "chance"),
+    ]
+    chance = {(r["benchmark"], r["metric"]): r for r in rows if r["method"] == "chance"}
+    assert chance[("knn_demo", "top1")]["mean"] == pytest.approx(10.0)
+    assert chance[("knn_demo", "top1")]["settings"] == "chance: 100 / classes"
+    assert chance[("voc07_svm", "mAP")]["mean"] == pytest.approx(100 * (1 / 3 + 2 / 4) / 2)
+    assert chance[("detection", "bbox/AP")]["mean"] == 0.0
+    assert topk_chance(10, 5) == 50.0 and topk_chance(3, 5) == 100.0
+    md = to_markdown(rows)
+    assert "| random | knn_demo | top1 | 32.00 |" in md and "| chance | knn_demo | top1 | 10.00 |" in md

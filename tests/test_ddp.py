@@ -65,3 +65,36 @@ def test_two_process_gloo_matches_single_process(tmp_path: Path) -> None:
     ddp_sd, single_sd = ddp_meta["state_dict"], single_meta["state_dict"]
     for name, _ in build_method("byol", **TINY_BYOL_ARGS).named_parameters():
         torch.testing.assert_close(ddp_sd[name], single_sd[name], rtol=0, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_two_process_gloo_with_the_knn_monitor_on_rank_0(tmp_path: Path) -> None:
+    """Rank 0 alone evaluates the monitor; the ranks stay in step and train as without it."""
+    from orl.train.knn_monitor import KnnMonitor, KnnMonitorConfig
+    from test_knn_monitor import _crop_folder
+
+    index, index_path = make_index(tmp_path, n=8)
+    crops = _crop_folder(tmp_path / "crops", per_class=3, shuffle_labels=False, size=32)
+    ddp_out = tmp_path / "ddp" / "model.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "orl.cli", "pretrain", "--method", "byol", "--index", str(index_path), "--out", str(ddp_out),
+           "--epochs", "2", "--batch-size", "4", "--warmup-epochs", "0", "--workers", "0", "--log-every", "1",
+           "--device", "cpu", "--knn-train-dir", str(crops / "train"), "--knn-val-dir", str(crops / "val"),
+           *TINY_CLI_ARGS]
+    env = {"GLOO_SOCKET_IFNAME": "lo", **os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    single_out = tmp_path / "single" / "model.pt"
+    cfg = TrainConfig(method="byol", method_args=TINY_BYOL_ARGS, epochs=2, batch_size=4, accum_steps=2,
+                      warmup_epochs=0, workers=0, log_every=1, image_size=32, seed=0)
+    monitor = KnnMonitor(KnnMonitorConfig(train_dir=crops / "train", val_dir=crops / "val", image_size=32))
+    assert Trainer(cfg, build_dataset("byol", index, image_size=32, seed=0), single_out, knn_monitor=monitor).fit().finished
+
+    ddp_rows, single_rows = _rows(ddp_out.parent / "metrics.csv"), _rows(single_out.parent / "metrics.csv")
+    assert [r["step"] for r in ddp_rows] == [r["step"] for r in single_rows] == ["0", "1", "2"]
+    for a, b in zip(ddp_rows, single_rows, strict=True):
+        assert float(a["knn_top1"]) == pytest.approx(float(b["knn_top1"]), abs=1e-4)
+    ddp_sd = torch.load(ddp_out, weights_only=True)["state_dict"]
+    single_sd = torch.load(single_out, weights_only=True)["state_dict"]
+    for name, _ in build_method("byol", **TINY_BYOL_ARGS).named_parameters():
+        torch.testing.assert_close(ddp_sd[name], single_sd[name], rtol=0, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")

@@ -182,6 +182,24 @@ def test_curves_png_from_metrics_csv(tmp_path: Path) -> None:
         assert np.asarray(img.convert("RGB")).std() > 10
 
 
+def _green_pixels(path: Path) -> int:
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int((np.abs(rgb - np.array([44, 160, 44])).sum(axis=2) < 30).sum())  # matplotlib's tab:green
+
+
+def test_curves_draw_the_knn_monitor_from_step_0(tmp_path: Path) -> None:
+    header = "step,epoch,knn_top1,lr,loss,loss_12,loss_21,images_per_s"  # the step-0 row has only the kNN value
+    rows = [[0, 0.0, 12.5, "", "", "", "", ""]]
+    rows += [[s, s / 10, 12.5 + s if s % 10 == 0 else "", 0.05, 4 - s / 20, 2, 2, 100.0] for s in range(5, 55, 5)]
+    metrics = _write_metrics(tmp_path / "knn" / "metrics.csv", rows, header=header)
+    m = curves.read_metrics(metrics)
+    assert m.steps[0] == 0 and np.isnan(m.columns["loss"][0]) and m.columns["knn_top1"][0] == 12.5
+    with_knn = curves.plot_curves(metrics, tmp_path / "with.png")
+    plain = curves.plot_curves(_write_metrics(tmp_path / "plain" / "metrics.csv", [r[:2] + r[3:] for r in rows[1:]],
+                                              header=HEADER), tmp_path / "plain.png")
+    assert _green_pixels(with_knn) > 200 and _green_pixels(plain) == 0
+
+
 def test_curves_with_one_row_and_cli(tmp_path: Path) -> None:
     metrics = _write_metrics(tmp_path / "metrics.csv", [[1, 0.5, 0.001, 3.9, 1.9, 2.0, 12.5]])
     out = tmp_path / "one.png"
@@ -248,6 +266,29 @@ def test_run_summary_prints_each_methods_number(tmp_path: Path, capsys: pytest.C
     assert "top1" in lin and "66.60" in lin and " - " in lin + " "  # byol has no linear result
     assert "0.565" in printed and "0.253" in printed and "542 ground-truth boxes" in printed
     assert "pair_quality.json): unreadable" in printed
+
+
+def test_run_summary_prints_margins_over_random_init(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    (root / "bench").mkdir(parents=True)
+    (root / "bench" / "summary.csv").write_text(
+        "method,benchmark,metric,mean,std,n,settings\n"
+        "byol,knn_demo,top1,31.5,,1,\n"
+        "orl,knn_demo,top1,35.25,,1,\n"
+        "random,knn_demo,top1,30.0,,1,\n"
+        "chance,knn_demo,top1,10.0,,,chance: 100 / classes\n"
+        "orl,detection,bbox/AP,0.1,,1,\n"
+    )
+    text = summary.build_summary(root)
+    head = text.splitlines()
+    table = head.index(next(line for line in head if line.startswith("Headline")))
+    assert "random" in head[table + 1] and "chance" in head[table + 1]
+    assert head[table + 1].index("orl") < head[table + 1].index("random") < head[table + 1].index("chance")
+    margins = text[text.index("Margin over random init"):]
+    knn = next(line for line in margins.splitlines() if "knn_demo" in line)
+    assert "+1.50" in knn and "+5.25" in knn and knn.index("+1.50") < knn.index("+5.25")
+    assert "detection" not in margins  # no random-init row to compare with
+    assert "chance" not in margins.splitlines()[1]
 
 
 def test_run_summary_on_an_empty_results_folder(tmp_path: Path) -> None:

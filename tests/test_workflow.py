@@ -7,13 +7,30 @@ from pathlib import Path
 import pytest
 
 from orl.data.image_index import load_index
-from workflow_helpers import check, snakemake
+from workflow_helpers import check, demo_config, snakemake
 
 
 def test_dry_run_of_whole_dag_on_default_config(tmp_path: Path) -> None:
     proc = check(snakemake(tmp_path, "-n", "--cores", "2"))
     for rule in ("demo_data", "index_images", "all"):
         assert rule in proc.stdout
+
+
+def test_frozen_protocols_and_knn_monitor_are_wired(tmp_path: Path) -> None:
+    """The demo benchmarks every method with bench-frozen, and every pretraining rule runs the kNN monitor."""
+    proc = check(snakemake(tmp_path, "-n", "-p", "--cores", "2"))
+    out = proc.stdout + proc.stderr  # Snakemake prints the shell commands on stderr
+    for method in ("byol", "orl", "random"):
+        assert (f"--features results/bench/{method}/frozen_features.h5 --linear-out results/bench/{method}/linear_demo.json"
+                f" --knn-out results/bench/{method}/knn_demo.json") in out
+    monitor = "--knn-train-dir results/data/demo_crops/train --knn-val-dir results/data/demo_crops/val --knn-every 1"
+    assert out.count(monitor) == 2  # pretrain_byol and pretrain_orl
+    assert "orl bench-linear" not in out  # the demo's linear evaluation is the frozen protocol
+    off = check(snakemake(tmp_path, "-n", "-p", "--cores", "2", config=demo_config({"pretrain": {"knn_monitor": {"every": 0}}})))
+    assert "--knn-train-dir" not in off.stdout + off.stderr
+    clash = snakemake(tmp_path, "-n", config=demo_config({"bench": {"enabled": ["linear", "frozen"],
+                                                                   "linear": {"datasets": {"demo": {}}}}}))
+    assert clash.returncode != 0 and "both write linear_demo.json" in clash.stdout + clash.stderr
 
 
 def test_invalid_config_is_refused_at_load(tmp_path: Path) -> None:
@@ -60,6 +77,7 @@ def test_paper_configs_dry_run(name: str, repo: Path, tmp_path: Path) -> None:
     assert "--arch resnet50 --epochs 800 --batch-size 64" in out
     assert "--image-size 224" in out and "--roi-size 96" in out
     assert "--epochs 20" in out  # semi-supervised, not the demo's 5
+    assert "--knn-train-dir" not in out and "bench-frozen" not in out  # no labelled crops: monitor off
 
 
 def test_unset_voc_folder_is_named_when_needed(repo: Path, tmp_path: Path) -> None:

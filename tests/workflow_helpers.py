@@ -37,7 +37,7 @@ TINY_DEMO = demo_config(
         "correspondence": {"crop_size": 32, "image_size": 96},
         "bench": {
             "svm": {"image_size": 32, "k_values": [1, 2], "samples": 2},
-            "linear": {"datasets": {"demo": {"epochs": 1}}},
+            "frozen": {"image_size": 32, "folds": 2},
             "semi": {"epochs": 1},
             "detection": {"iterations": 2, "warmup_iters": 1, "milestones": [1, 2], "train_min_sizes": [64, 96],
                           "test_min_size": 96},

@@ -29,6 +29,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "bench-lowshot": ("orl.stages.bench_lowshot", "benchmark: low-shot SVM from cached VOC07 features"),
     "bench-crops": ("orl.stages.bench_crops", "benchmark data: an ImageFolder of annotated object crops"),
     "bench-linear": ("orl.stages.bench_linear", "benchmark: linear classification on a frozen backbone"),
+    "bench-frozen": ("orl.stages.bench_frozen", "benchmark: linear_demo and knn_demo on cached frozen features"),
     "bench-semi": ("orl.stages.bench_semi", "benchmark: semi-supervised fine-tuning on 1%% and 10%% of the labels"),
     "bench-detection": ("orl.stages.bench_detection", "benchmark: Mask R-CNN ResNet-FPN fine-tuning, COCO box / mask AP"),
     "bench-summary": ("orl.stages.bench_summary", "gather benchmark results into one table"),

@@ -1,7 +1,11 @@
 # Downstream benchmarks of every exported backbone, and the results table.
 
 BENCH = config["bench"]
-DEMO_CROPS = f"{R}/data/demo_crops"
+FROZEN = BENCH["frozen"]
+LINEAR_DATASETS = list(BENCH["linear"]["datasets"])
+if "frozen" in BENCH["enabled"] and "linear" in BENCH["enabled"] and "demo" in LINEAR_DATASETS:
+    raise ValueError("bench: linear dataset 'demo' and the frozen benchmark would both write linear_demo.json; "
+                     "rename the linear dataset or drop 'frozen' from bench.enabled")
 
 
 rule bench_crops:
@@ -66,6 +70,9 @@ def linear_split(wildcards, split):
 
 
 rule bench_linear:
+    wildcard_constraints:
+        # Only the configured datasets: linear_demo.json of the frozen protocol is not this rule's.
+        dataset="|".join(LINEAR_DATASETS) or "(?!)",
     input:
         weights=f"{R}/export/{{method}}/backbone.pth",
         crops=lambda wc: [] if BENCH["linear"]["datasets"][wc.dataset].get("train_dir") else [DEMO_CROPS],
@@ -94,6 +101,48 @@ rule bench_linear:
         " --train-dir {params.train_dir} --val-dir {params.val_dir} --benchmark-name linear_{wildcards.dataset}"
         " --epochs {params.epochs} {params.color_aug} --batch-size {params.batch_size} --lr {params.lr}"
         " --crop-size {params.crop_size} --workers {params.workers} --threads {threads} --out {output} > {log} 2>&1"
+
+
+def frozen_split(split):
+    """train_dir / val_dir of the frozen-feature protocols (the demo crops when unset)."""
+    return FROZEN[f"{split}_dir"] or f"{DEMO_CROPS}/{split}"
+
+
+# The demo-scale linear and kNN protocols (linear_demo, knn_demo) on features extracted once per method.
+rule bench_frozen:
+    input:
+        weights=f"{R}/export/{{method}}/backbone.pth",
+        crops=[] if FROZEN["train_dir"] else [DEMO_CROPS],
+    output:
+        linear=f"{R}/bench/{{method}}/linear_demo.json",
+        knn=f"{R}/bench/{{method}}/knn_demo.json",
+        features=f"{R}/bench/{{method}}/frozen_features.h5",
+    params:
+        train_dir=frozen_split("train"),
+        val_dir=frozen_split("val"),
+        image_size=FROZEN["image_size"],
+        batch_size=FROZEN["batch_size"],
+        k=FROZEN["k"],
+        temperature=FROZEN["temperature"],
+        weight_decays=",".join(f"{wd:g}" for wd in FROZEN["weight_decays"]),
+        folds=FROZEN["folds"],
+        workers=BENCH["workers"],
+    threads: BENCH["threads"]
+    resources:
+        mem_mb=BENCH["mem_mb"],
+        runtime=BENCH["runtime"],
+        gpu=BENCH["gpus"],
+    benchmark:
+        f"{R}/benchmarks/bench/{{method}}/frozen.tsv",
+    log:
+        f"{R}/logs/bench/{{method}}/frozen.log",
+    shell:
+        "orl bench-frozen --weights {input.weights} --method-name {wildcards.method}"
+        " --train-dir {params.train_dir} --val-dir {params.val_dir} --features {output.features}"
+        " --linear-out {output.linear} --knn-out {output.knn} --image-size {params.image_size}"
+        " --batch-size {params.batch_size} --k {params.k} --temperature {params.temperature}"
+        " --weight-decays {params.weight_decays} --folds {params.folds} --workers {params.workers}"
+        " --threads {threads} > {log} 2>&1"
 
 
 SEMI_NAMES = [f"semi_{p:g}pct" for p in BENCH["semi"]["percents"]]
@@ -137,6 +186,8 @@ def bench_results(method):
         out += [f"{R}/bench/{method}/voc07_svm.json", f"{R}/bench/{method}/voc07_lowshot.json"]
     if "linear" in BENCH["enabled"]:
         out += [f"{R}/bench/{method}/linear_{d}.json" for d in BENCH["linear"]["datasets"]]
+    if "frozen" in BENCH["enabled"]:
+        out += [f"{R}/bench/{method}/linear_demo.json", f"{R}/bench/{method}/knn_demo.json"]
     if "semi" in BENCH["enabled"]:
         out += [f"{R}/bench/{method}/{name}.json" for name in SEMI_NAMES]
     if "detection" in BENCH["enabled"]:

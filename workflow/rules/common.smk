@@ -29,6 +29,34 @@ def dataset_inputs(wildcards=None):
     return [p for p in (DATASET["images"], DATASET.get("annotations")) if p]
 
 
+DEMO_CROPS = f"{R}/data/demo_crops"
+KNN_MONITOR = config["pretrain"]["knn_monitor"]
+
+
+def knn_monitor_dirs():
+    """(train_dir, val_dir) of the trainer's kNN monitor: configured, else the demo's crops; None when it is off."""
+    if KNN_MONITOR["every"] < 1:
+        return None
+    if KNN_MONITOR["train_dir"] or KNN_MONITOR["val_dir"]:
+        if not (KNN_MONITOR["train_dir"] and KNN_MONITOR["val_dir"]):
+            raise ValueError("pretrain.knn_monitor: set both train_dir and val_dir, or neither")
+        return KNN_MONITOR["train_dir"], KNN_MONITOR["val_dir"]
+    if DATASET["kind"] == "demo":
+        return f"{DEMO_CROPS}/train", f"{DEMO_CROPS}/val"
+    return None  # no labelled crops: off
+
+
+def knn_monitor_flags(image_size):
+    """The `orl pretrain` flags of the kNN monitor ('' when it is off); crops resized to image_size unless set."""
+    dirs = knn_monitor_dirs()
+    if dirs is None:
+        return ""
+    return (
+        f"--knn-train-dir {dirs[0]} --knn-val-dir {dirs[1]} --knn-every {KNN_MONITOR['every']} --knn-k {KNN_MONITOR['k']}"
+        f" --knn-temperature {KNN_MONITOR['temperature']} --knn-image-size {KNN_MONITOR['image_size'] or image_size}"
+    )
+
+
 def optional_flag(flag, value):
     """'--flag value' when value is set, else nothing (keeps shell strings stable when unset)."""
     return f"{flag} {value}" if value not in (None, "") else ""

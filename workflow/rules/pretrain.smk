@@ -80,6 +80,7 @@ for _method in PRETRAIN_METHODS + ["orl"]:
         input:
             index=INDEX,
             correspondence=[f"{R}/mining/correspondence.h5"] if _method == "orl" else [],
+            knn_crops=[DEMO_CROPS] if knn_monitor_dirs() and not KNN_MONITOR["train_dir"] else [],
         output:
             f"{R}/pretrain/{_method}/model.pt",
         params:
@@ -100,6 +101,7 @@ for _method in PRETRAIN_METHODS + ["orl"]:
             seed=pretrain_setting(_method, "seed"),
             precision=pretrain_setting(_method, "precision"),
             method_args=optional_flag("--method-args", method_args(_method)),
+            knn_monitor=knn_monitor_flags(pretrain_setting(_method, "image_size")),
             orl_inputs=(
                 f"--correspondence {R}/mining/correspondence.h5 --roi-size {pretrain_setting(_method, 'roi_size')}"
                 if _method == "orl"
@@ -121,7 +123,8 @@ for _method in PRETRAIN_METHODS + ["orl"]:
             " --accum-steps {params.accum_steps} --image-size {params.image_size} {params.lr} {params.base_batch}"
             " {params.weight_decay} --warmup-epochs {params.warmup_epochs} --workers {params.workers}"
             " --threads {params.per_process_threads} --checkpoint-every {params.checkpoint_every}"
-            " --seed {params.seed} --precision {params.precision} {params.orl_inputs} {params.method_args} > {log} 2>&1"
+            " --seed {params.seed} --precision {params.precision} {params.orl_inputs} {params.method_args}"
+            " {params.knn_monitor} > {log} 2>&1"
 
 
 # Weight export: the online backbone as a torchvision state_dict and as Detectron2 weights, for every method and a

@@ -44,7 +44,7 @@ def write_classification_result(
     device: Any,
 ) -> None:
     """The result JSON of one run: top-1 (and top-5 when measured), `settings`, the per-epoch history and timing."""
-    from orl.bench.results import metric, write_result
+    from orl.bench.results import metric, topk_chance, write_result
 
     metrics = {"top1": metric(result.top1)}
     if result.top5 is not None:
@@ -58,4 +58,6 @@ def write_classification_result(
         weights=args.weights,
         weights_sha256=weights_sha256,
         details={"history": result.history, "seconds": time.perf_counter() - start, "device": str(device)},
+        chance={name: topk_chance(settings["num_classes"], int(name[3:])) for name in metrics},
+        chance_rule="a uniform random guess: 100 k / number of classes",
     )

@@ -392,6 +392,9 @@ def run_benchmark(weights: str | None, data: DetectionData, out: str | os.PathLi
         "data": {k: str(v) for k, v in asdict(data).items()} | {"num_train_images": len(train_set),
                                                                 "num_val_images": len(val_set)},
         "ap_scale": "fraction (multiply by 100 for the paper's tables)",
+        # Random boxes essentially never reach IoU 0.5 with a ground-truth box: chance is 0 for every AP.
+        "chance": {t: dict.fromkeys(names, 0.0) for t, names in coco_eval.headline(metrics).items()},
+        "chance_rule": "0: random boxes do not match objects",
         "seconds": {"train": round(t1 - t0, 1), "eval": round(t2 - t1, 1)},
     }
     _atomic_write_json(out, report)

@@ -53,14 +53,15 @@ def extract_features(
     batch_size: int = 64,
     workers: int = 0,
     device: torch.device | str = "cpu",
+    pool: Callable[[torch.Tensor], torch.Tensor] = svm_pool,
 ) -> np.ndarray:
-    """(N, 4C) float32 pooled res5 features of the images, backbone in eval mode (BN running statistics)."""
+    """(N, D) float32 pooled res5 features (svm_pool: 4C) of the images, backbone in eval mode (BN running stats)."""
     device = torch.device(device)
     backbone = backbone.to(device).eval()
     loader = make_loader(PathImages(paths, squash_transform(image_size)), batch_size, workers, device=device)
     out = []
     for x in loader:
-        out.append(svm_pool(backbone(x.to(device, non_blocking=True)).float()).cpu().numpy())
+        out.append(pool(backbone(x.to(device, non_blocking=True)).float()).cpu().numpy())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
@@ -84,14 +85,14 @@ def feature_params(weights_sha256: str, arch: str, image_size: int) -> dict[str,
 
 
 def load_cached(
-    path: str | os.PathLike, sets: Mapping[str, MultiLabelSet], params: Mapping[str, Any]
+    path: str | os.PathLike, sets: Mapping[str, MultiLabelSet], params: Mapping[str, Any], stage: str = STAGE
 ) -> dict[str, np.ndarray] | None:
     """The cached features when `path` was made from the same images, labels, weights and settings; else None."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        with open_artifact(path, stage=STAGE) as art:
+        with open_artifact(path, stage=stage) as art:
             if art.image_list_digest != image_list_digest(sets) or art.attrs.get("params_digest") != digest_params(
                 params
             ):
@@ -111,12 +112,15 @@ def compute_or_load(
     workers: int = 0,
     device: torch.device | str = "cpu",
     attrs: Mapping[str, Any] | None = None,
+    pool: Callable[[torch.Tensor], torch.Tensor] = svm_pool,
+    stage: str = STAGE,
 ) -> tuple[dict[str, np.ndarray], bool]:
     """Features per split from the cache at `path`, or extracted (and written there); returns (features, reused).
 
-    `make_backbone` is called only on a cache miss, so a hit never loads the weights.
+    `make_backbone` is called only on a cache miss, so a hit never loads the weights. `pool` turns the res5 map
+    into the feature vector (the SVMs' 2 x 2 pool by default) and `stage` names the artifact's stage.
     """
-    cached = load_cached(path, sets, params)
+    cached = load_cached(path, sets, params, stage)
     if cached is not None:
         return {s: cached[f"{s}_features"] for s in sets}, True
     if make_backbone is None:
@@ -125,7 +129,7 @@ def compute_or_load(
     size = int(params["image_size"])
     feats = {
         s: extract_features(
-            backbone, sets[s].paths, image_size=size, batch_size=batch_size, workers=workers, device=device
+            backbone, sets[s].paths, image_size=size, batch_size=batch_size, workers=workers, device=device, pool=pool
         )
         for s in sets
     }
@@ -138,7 +142,7 @@ def compute_or_load(
     arrays["classes"] = np.array(first.classes).astype(str)
     write_artifact(
         path,
-        stage=STAGE,
+        stage=stage,
         image_list_digest=image_list_digest(sets),
         params=dict(params),
         arrays=arrays,

@@ -3,8 +3,10 @@
 Schema (detection and any other benchmark should write the same so bench/summary.* picks it up):
     {"method": str, "benchmark": str,
      "metrics": {name: {"mean": float, "std": float | null, "n": int}},
-     "settings": {...}, "weights": str, "weights_sha256": str, "details": {...}}
-`std` is null when the metric was measured once; `details` holds per-class / per-run numbers.
+     "settings": {...}, "weights": str, "weights_sha256": str, "details": {...},
+     "chance": {name: float}, "chance_rule": str}
+`std` is null when the metric was measured once; `details` holds per-class / per-run numbers. `chance` is what a
+random guesser scores on each metric (optional), `chance_rule` says how it was computed.
 """
 
 from __future__ import annotations
@@ -59,19 +61,22 @@ def write_result(
     weights: str | os.PathLike,
     weights_sha256: str,
     details: Mapping[str, Any] | None = None,
+    chance: Mapping[str, float] | None = None,
+    chance_rule: str | None = None,
 ) -> Path:
     """Write the result JSON atomically (temp file + rename) so a crash never leaves half a file."""
-    doc = _plain(
-        {
-            "method": method,
-            "benchmark": benchmark,
-            "metrics": dict(metrics),
-            "settings": dict(settings),
-            "weights": str(weights),
-            "weights_sha256": weights_sha256,
-            "details": dict(details or {}),
-        }
-    )
+    doc = {
+        "method": method,
+        "benchmark": benchmark,
+        "metrics": dict(metrics),
+        "settings": dict(settings),
+        "weights": str(weights),
+        "weights_sha256": weights_sha256,
+        "details": dict(details or {}),
+    }
+    if chance is not None:
+        doc.update(chance=dict(chance), chance_rule=chance_rule or "")
+    doc = _plain(doc)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -84,6 +89,27 @@ def write_result(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def topk_chance(num_classes: int, k: int = 1) -> float:
+    """Top-k accuracy (%) of a uniform random guess among `num_classes` classes."""
+    if num_classes < 1:
+        raise ValueError(f"chance level of {num_classes} classes")
+    return 100.0 * min(k, num_classes) / num_classes
+
+
+def average_precision_chance(labels: np.ndarray) -> float:
+    """mAP (%) of a random scorer in expectation: mean over classes of the positive rate among the scored images.
+
+    `labels` is (N, C) in VOC's convention (1 positive, -1 negative, 0 ignored/difficult); classes without a
+    positive have no AP and are left out, as in the benchmark.
+    """
+    labels = np.asarray(labels)
+    pos, scored = (labels == 1).sum(axis=0), (labels != 0).sum(axis=0)
+    keep = pos > 0
+    if not keep.any():
+        return float("nan")
+    return float(100.0 * np.mean(pos[keep] / scored[keep]))
 
 
 def read_result(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""bench/summary.csv and bench/summary.md: one row per method x benchmark x metric from every result JSON."""
+"""bench/summary.csv and bench/summary.md: one row per method x benchmark x metric from every result JSON.
+
+Rows are grouped by benchmark. Each group ends with its two references: the random-init backbone (method
+`random`, benchmarked like every other method) and the chance level (method `chance`: what a random guesser
+scores, as the result files state it; its settings cell says how it was computed).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,13 @@ _NOT_METRICS = (
     "seconds",
     "all_metrics",
     "ap_scale",
+    "chance",
+    "chance_rule",
 )
+RANDOM_INIT = "random"
+CHANCE = "chance"
+# Reference rows close every benchmark's group, in this order.
+REFERENCES = (RANDOM_INIT, CHANCE)
 MD_SETTINGS_CHARS = 200
 
 
@@ -95,12 +106,35 @@ def normalise_result(doc: Mapping[str, Any], path: Path) -> tuple[str, str, dict
     return str(method), str(benchmark), metrics, settings
 
 
-def collect_rows(paths: Iterable[str | os.PathLike], skip_non_results: bool = False) -> list[dict[str, Any]]:
-    """Rows (see COLUMNS) of every result file, sorted by method and benchmark (metric order as in the file).
+def chance_levels(doc: Mapping[str, Any]) -> tuple[dict[str, float], str]:
+    """({metric: chance level}, how it was computed) of a result file; nested groups flatten as "bbox/AP"."""
+    found = doc.get("chance") if isinstance(doc, Mapping) else None
+    if not isinstance(found, Mapping):
+        return {}, ""
+    levels: dict[str, float] = {}
+    for key, value in found.items():
+        if _is_number(value):
+            levels[key] = float(value)
+        elif isinstance(value, Mapping):
+            levels.update({f"{key}/{name}": float(v) for name, v in value.items() if _is_number(v)})
+    return levels, str(doc.get("chance_rule") or "")
 
-    A JSON file without metrics raises NotAResult, or is skipped with a warning when `skip_non_results`.
+
+def row_order(row: Mapping[str, Any]) -> tuple[str, int, str]:
+    """Sort key: benchmark, then the methods alphabetically, then random init and chance."""
+    method = row["method"]
+    rank = REFERENCES.index(method) + 1 if method in REFERENCES else 0
+    return row["benchmark"], rank, method
+
+
+def collect_rows(paths: Iterable[str | os.PathLike], skip_non_results: bool = False) -> list[dict[str, Any]]:
+    """Rows (see COLUMNS) of every result file and a chance row per benchmark metric whose files state one.
+
+    Sorted by benchmark, methods alphabetically, then random init and chance (metric order as in the files). A JSON
+    file without metrics raises NotAResult, or is skipped with a warning when `skip_non_results`.
     """
     rows = []
+    chance: dict[tuple[str, str], dict[str, Any]] = {}
     for path in sorted(Path(p) for p in paths):
         doc = json.loads(path.read_text(encoding="utf-8"))
         try:
@@ -111,7 +145,12 @@ def collect_rows(paths: Iterable[str | os.PathLike], skip_non_results: bool = Fa
             warnings.warn(f"skipped {e}", stacklevel=2)
             continue
         text = settings_text(settings)
+        levels, rule = chance_levels(doc)
         for name, value in metrics.items():
+            if name in levels and (benchmark, name) not in chance:
+                chance[(benchmark, name)] = {"method": CHANCE, "benchmark": benchmark, "metric": name,
+                                             "mean": levels[name], "std": None, "n": None,
+                                             "settings": f"chance: {rule}" if rule else "chance"}
             mean, std, n = _metric_fields(value)
             rows.append(
                 {
@@ -124,7 +163,8 @@ def collect_rows(paths: Iterable[str | os.PathLike], skip_non_results: bool = Fa
                     "settings": text,
                 }
             )
-    return sorted(rows, key=lambda r: (r["method"], r["benchmark"]))  # stable: keeps the metric order of a file
+    rows += chance.values()
+    return sorted(rows, key=row_order)  # stable: keeps the metric order of a file
 
 
 def find_results(root: str | os.PathLike) -> list[Path]:

@@ -42,7 +42,7 @@ def run_and_write(
 ) -> None:
     """The low-shot runs on already loaded features, and their result JSON at `out`."""
     from orl.bench.lowshot import run_lowshot
-    from orl.bench.results import write_result
+    from orl.bench.results import average_precision_chance, write_result
     from orl.bench.voc07_svm import AUTHORS_COSTS
 
     costs = args.costs or list(AUTHORS_COSTS)
@@ -92,6 +92,8 @@ def run_and_write(
         weights=args.weights,
         weights_sha256=info["weights_sha256"],
         details=details,
+        chance=dict.fromkeys(metrics, average_precision_chance(test.labels)),
+        chance_rule="mean over classes of the test split's positive rate (a random scorer's expected AP)",
     )
     line = " / ".join(f"{s['mean']:.1f}" for s in summary.values())
     print(f"{args.method_name}: low-shot mAP (k={args.k_values}) {line} in {time.perf_counter() - start:.1f} s")

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Extract (or reuse) the features, train and test the per-class SVMs, write the result JSON."""
-    from orl.bench.results import metric, write_result
+    from orl.bench.results import average_precision_chance, metric, write_result
     from orl.bench.svm_data import load_features
     from orl.bench.voc07_svm import AUTHORS_COSTS, run_voc07_svm
 
@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> None:
         weights=args.weights,
         weights_sha256=info["weights_sha256"],
         details=details,
+        chance={"mAP": average_precision_chance(test.labels)},
+        chance_rule="mean over classes of the test split's positive rate (a random scorer's expected AP)",
     )
     print(
         f"{args.method_name}: VOC07 SVM mAP {result.map:.2f} ({len(train.classes)} classes, "

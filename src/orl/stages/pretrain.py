@@ -80,6 +80,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--correspondence", type=Path, default=None,
                    help="--method orl: the stage-2 artifact with kept boxes and mined RoI pairs (correspondence.h5)")
     p.add_argument("--roi-size", type=int, default=96, help="--method orl: side of the RoI patches (paper: 96)")
+    add_knn_monitor_arguments(p)
+
+
+def add_knn_monitor_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of the online kNN monitor (orl.train.knn_monitor); it is on when --knn-train-dir is given."""
+    p.add_argument("--knn-train-dir", type=Path, default=None,
+                   help="kNN monitor: ImageFolder of labelled crops forming the bank (off when not given)")
+    p.add_argument("--knn-val-dir", type=Path, default=None, help="kNN monitor: ImageFolder of the query crops")
+    p.add_argument("--knn-every", type=int, default=1, help="kNN monitor: epochs between evaluations")
+    p.add_argument("--knn-k", type=int, default=20, help="kNN monitor: neighbours that vote")
+    p.add_argument("--knn-temperature", type=float, default=0.07, help="kNN monitor: vote weight exp(cos / T)")
+    p.add_argument("--knn-image-size", type=int, default=None, help="kNN monitor: crop side (default --image-size)")
+
+
+def build_knn_monitor(args: argparse.Namespace):  # noqa: ANN201 - torch-heavy return type imported lazily
+    """The KnnMonitor of --knn-* flags, or None when --knn-train-dir is not given."""
+    if args.knn_train_dir is None:
+        return None
+    if args.knn_val_dir is None:
+        raise ValueError("--knn-train-dir needs --knn-val-dir (the query crops of the kNN monitor)")
+    from orl.train.knn_monitor import KnnMonitor, KnnMonitorConfig
+
+    return KnnMonitor(KnnMonitorConfig(
+        train_dir=args.knn_train_dir, val_dir=args.knn_val_dir, image_size=args.knn_image_size or args.image_size,
+        every=args.knn_every, k=args.knn_k, temperature=args.knn_temperature,
+    ))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -122,7 +148,9 @@ def run(args: argparse.Namespace) -> None:
 
             meta.update(correspondence=str(args.correspondence), roi_size=args.roi_size,
                         correspondence_params_digest=read_attrs(args.correspondence)["params_digest"])
-        result = Trainer(cfg, dataset, args.out, runtime=rt, meta=meta).fit()
+        # Rank 0 alone evaluates the monitor: it runs no collective, so the other ranks just wait at the next one.
+        monitor = build_knn_monitor(args) if rt.is_main else None
+        result = Trainer(cfg, dataset, args.out, runtime=rt, meta=meta, knn_monitor=monitor).fit()
     finally:
         shutdown_distributed()
     if not result.finished:

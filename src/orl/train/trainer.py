@@ -34,6 +34,8 @@ from orl import __version__
 from orl.data.datasets import SeededSampler
 from orl.methods import Method, build_method
 from orl.train import checkpoint as ckpt
+from orl.train.knn_monitor import COLUMN as KNN_COLUMN
+from orl.train.knn_monitor import KnnMonitor
 from orl.train.launch import Runtime, seed_everything
 from orl.train.lars import LARS
 from orl.train.schedules import global_batch_size, scaled_lr, warmup_cosine_lr, warmup_steps_for
@@ -162,10 +164,17 @@ class MetricsLog:
             w.writerows(rows)
 
     def write(self, row: dict[str, float]) -> None:
-        """Append one row (the header is written with the first row)."""
+        """Append one row (the header is written with the first row; a row with new columns widens the file)."""
         new = self.columns is None or not self.path.exists()
         if self.columns is None:
             self.columns = list(row.keys())
+        elif any(k not in self.columns for k in row):
+            # e.g. the kNN monitor's step-0 row comes before the first loss row: rewrite with the wider header.
+            with open(self.path, newline="") as f:
+                rows = list(csv.DictReader(f)) if not new else []
+            self.columns += [k for k in row if k not in self.columns]
+            self._rewrite(rows)
+            new = False
         with open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             if new:
@@ -173,7 +182,7 @@ class MetricsLog:
             w.writerow(row)
         if self.tb is not None:
             for k, v in row.items():
-                if k not in ("step", "epoch"):
+                if k not in ("step", "epoch") and v is not None:
                     self.tb.add_scalar(f"train/{k}", v, int(row["step"]))
 
     def close(self) -> None:
@@ -193,6 +202,7 @@ class Trainer:
         runtime: Runtime | None = None,
         on_step: Callable[[Trainer, int], None] | None = None,
         meta: Mapping[str, Any] | None = None,
+        knn_monitor: KnnMonitor | None = None,
     ) -> None:
         if cfg.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
@@ -204,6 +214,7 @@ class Trainer:
         self.rt = runtime or Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
         self.on_step = on_step
         self.meta = dict(meta or {})
+        self.knn_monitor = knn_monitor  # evaluated by every rank it is given to (the stage gives it to rank 0)
         self._stop_signal: int | None = None
         self._stop_requested = False
 
@@ -358,6 +369,13 @@ class Trainer:
         self._window: list[tuple[int, float, dict[str, torch.Tensor]]] = []
         self._window_start = time.perf_counter()
         self._last_losses: dict[str, float] = {}
+        self._monitor_row: dict[str, float] = {}
+        self._last_knn: float | None = None
+        if start_step == 0:
+            self._run_monitor(method)  # the step-0 reference, before any update
+            if self._monitor_row and log is not None:
+                log.write({"step": 0, "epoch": 0.0, **self._monitor_row})
+                self._monitor_row = {}
 
         step = start_step
         stop: int | None = None
@@ -378,6 +396,10 @@ class Trainer:
                     if self.on_step is not None:
                         self.on_step(self, step)
                     end_of_epoch = step % steps_per_epoch == 0
+                    if end_of_epoch and self.knn_monitor is not None and self.knn_monitor.due(
+                        step // steps_per_epoch, step == total_steps
+                    ):
+                        self._run_monitor(method)  # logged with this step's loss row, flushed just below
                     stop = self._should_stop()
                     if len(self._window) >= cfg.log_every or end_of_epoch or stop is not None or step == total_steps:
                         self._flush_window(log, bar, steps_per_epoch, gbatch)
@@ -478,11 +500,22 @@ class Trainer:
         step, lr = window[-1][0], window[-1][1]
         images_per_s = len(window) * gbatch / max(elapsed, 1e-9)
         bar.update(len(window))
+        knn = {} if self._last_knn is None else {"knn": f"{self._last_knn:.1f}"}
         bar.set_postfix(loss=f"{self._last_losses['loss']:.4f}", img_s=f"{images_per_s:.1f}", lr=f"{lr:.3g}",
-                        refresh=False)
+                        **knn, refresh=False)
         if log is not None:
             log.write({"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lr, **self._last_losses,
-                       "images_per_s": images_per_s})
+                       "images_per_s": images_per_s, **self._monitor_row})
+        self._monitor_row = {}
+
+    def _run_monitor(self, method: Method) -> None:
+        """kNN top-1 of the online backbone, kept for the next metrics row (no RNG, no collective, eval mode)."""
+        if self.knn_monitor is None:
+            return
+        t0 = time.perf_counter()
+        self._last_knn = self.knn_monitor.evaluate(method.online_backbone())
+        self._monitor_row = {KNN_COLUMN: self._last_knn}
+        self._window_start += time.perf_counter() - t0  # images/s measures training, not the monitor
 
     def _save_checkpoint(
         self,

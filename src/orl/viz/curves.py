@@ -2,7 +2,8 @@
 
 metrics.csv (written by orl.train.trainer.MetricsLog) has the columns step, epoch, lr, loss (the total), one
 column per loss term of the method (loss_12 / loss_21 for BYOL, loss_infonce, loss_ntxent, ...) and images_per_s;
-each row averages `log_every` optimiser steps and `step` is the number of steps done.
+each row averages `log_every` optimiser steps and `step` is the number of steps done. With the online kNN monitor
+on, `knn_top1` holds its top-1 (%) at step 0 and at the end of every N epochs; the figure then gets a panel for it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 TOTAL = "loss"
+KNN = "knn_top1"
 
 
 class MetricsError(ValueError):
@@ -90,7 +92,7 @@ def plot_curves(
     height: int = 600,
     dpi: int = 100,
 ) -> Path:
-    """Write a width x height PNG: loss (total + terms) on top, learning rate below, both against iterations."""
+    """Write a width x height PNG: loss (total + terms) on top, [kNN monitor top-1,] learning rate below."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -99,7 +101,15 @@ def plot_curves(
     x = m.steps
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
-    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    knn = m.columns.get(KNN)
+    has_knn = knn is not None and bool(np.isfinite(knn).any())
+    if has_knn:
+        ax_loss, ax_knn, ax_lr = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1.2, 1]})
+        _plot_series(ax_knn, x, knn, color="tab:green", linewidth=1.4)
+        ax_knn.set_ylabel("kNN top-1 (%)")
+        ax_knn.grid(alpha=0.3)
+    else:
+        ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     drawn = 0
     for name in m.loss_names:
         style = {"color": "black", "linewidth": 1.8} if name == TOTAL else {"linewidth": 1.0, "alpha": 0.85}

@@ -16,8 +16,11 @@ from typing import Any
 
 # The number a benchmark is known by, first match wins; otherwise the benchmark's first metric in file order.
 PRIMARY_METRICS = ("mAP", "top1", "box_AP", "bbox_AP", "AP_bbox", "AP")
-# Methods in the order of the paper's tables; any other method follows alphabetically.
+# Methods in the order of the paper's tables; any other method follows alphabetically, then the references.
 METHOD_ORDER = ("byol", "orl", "moco_v2", "simclr")
+# The reference rows of bench/summary.csv (orl.bench.summary): a random-init backbone and the chance level.
+RANDOM_INIT = "random"
+REFERENCES = (RANDOM_INIT, "chance")
 
 
 def _float(value: Any) -> float | None:
@@ -45,9 +48,10 @@ def _read_json(path: Path) -> tuple[Mapping[str, Any] | None, str | None]:
 
 
 def method_order(methods: Sequence[str]) -> list[str]:
-    """Methods sorted as the paper's tables (byol, orl, moco_v2, simclr), then the rest alphabetically."""
+    """Methods sorted as the paper's tables (byol, orl, moco_v2, simclr), the rest alphabetically, then random, chance."""
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(set(methods), key=lambda m: (rank.get(m, len(rank)), m))
+    last = {m: len(rank) + 1 + i for i, m in enumerate(REFERENCES)}
+    return sorted(set(methods), key=lambda m: (last.get(m, rank.get(m, len(rank))), m))
 
 
 def primary_metric(metrics: Sequence[str]) -> str:
@@ -99,6 +103,31 @@ def benchmark_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             else:
                 line.append(_fmt(r["mean"], 2) + (f" ± {_fmt(r['std'], 2)}" if r["std"] is not None else ""))
         table.append(line)
+    return _align(table)
+
+
+def margin_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """An aligned table of every method's margin over random init (method - random) on each benchmark's primary metric."""
+    metrics: dict[str, list[str]] = {}
+    for r in rows:
+        names = metrics.setdefault(r["benchmark"], [])
+        if r["metric"] not in names:
+            names.append(r["metric"])
+    cells = {(r["method"], r["benchmark"], r["metric"]): r["mean"] for r in rows}
+    methods = [m for m in method_order([r["method"] for r in rows]) if m not in REFERENCES]
+    table = [["benchmark", "metric", *methods]]
+    for bench in sorted(metrics):
+        metric = primary_metric(metrics[bench])
+        base = cells.get((RANDOM_INIT, bench, metric))
+        if base is None:
+            continue
+        line = [bench, metric]
+        for method in methods:
+            value = cells.get((method, bench, metric))
+            line.append("-" if value is None else f"{value - base:+.2f}")
+        table.append(line)
+    if not methods or len(table) == 1:
+        return ["  (no method with a random-init reference to compare against)"]
     return _align(table)
 
 
@@ -170,7 +199,10 @@ def build_summary(results: str | os.PathLike, report: str | os.PathLike = "repor
     if table_csv.is_file():
         lines += ["", f"Headline numbers (primary metric per benchmark, mean ± std; all metrics in {table_md.name}):"]
         try:
-            lines += benchmark_lines(read_summary_rows(table_csv))
+            rows = read_summary_rows(table_csv)
+            lines += benchmark_lines(rows)
+            lines += ["", "Margin over random init (method - random on the primary metric; > 0: better than random "
+                      "init):", *margin_lines(rows)]
         except (OSError, UnicodeDecodeError, ValueError, csv.Error) as e:
             lines.append(f"  {table_csv}: unreadable ({e})")
     for name, render in (("proposals_quality.json", proposal_lines), ("pair_quality.json", pair_lines)):

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orl.viz.summary import method_order, read_summary_rows
+from orl.viz.summary import REFERENCES, method_order, read_summary_rows
 
 KINDS = ("results", "proposals", "pairs")
 # Bar colours of the chart series (colour-blind safe, Okabe-Ito).
@@ -192,10 +192,11 @@ def results_page(csv_path: str | os.PathLike) -> str:
             for metric in metrics[bench]:
                 found = [cells.get((m, bench, metric)) for m in methods]
                 means = [None if r is None else r["mean"] for r in found]
-                known = [v for v in means if v is not None]
+                # The references (random init, chance) are never "the best method".
+                known = [v for v, m in zip(means, methods) if v is not None and m not in REFERENCES]
                 best = max(known) if len(known) > 1 else None
                 line = [_esc(bench), _esc(metric)]
-                for r, mean in zip(found, means):
+                for r, mean, method in zip(found, means, methods):
                     if mean is None:
                         line.append("-")
                         continue
@@ -203,12 +204,13 @@ def results_page(csv_path: str | os.PathLike) -> str:
                     n = r.get("n")
                     title = f' title="n = {_esc(n)}"' if n not in (None, "") else ""
                     text = f"<span{title}>{_esc(text)}</span>"
-                    line.append(f"<strong>{text}</strong>" if best is not None and mean == best else text)
+                    bold = best is not None and mean == best and method not in REFERENCES
+                    line.append(f"<strong>{text}</strong>" if bold else text)
                 table.append(line)
         body.append(
             f'<p class="note">{len(rows)} rows: {len(metrics)} benchmarks x {len(methods)} methods '
             f"({_esc(', '.join(methods))}). Mean ± standard deviation over repeated runs; the best method of each "
-            "row is in bold.</p>"
+            "row is in bold; random (random init) and chance are the references.</p>"
         )
         body.append(_table(["benchmark", "metric", *methods], table, label_cols=2, raw=True))
         body.append("<h2>Settings</h2>")

@@ -8,7 +8,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from orl.methods.losses import nt_xent_loss
 from orl.methods.moco_v2 import MoCoV2, batch_shuffle, batch_unshuffle
-from orl.train import dist
+from orl import dist
 
 WORLD = 2
 

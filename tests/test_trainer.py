@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orl.data.datasets import build_dataset
+from orl.methods import build_training_dataset
 from orl.train import checkpoint as ckpt
 from orl.train.trainer import NonFiniteLossError, TrainConfig, Trainer
 from train_helpers import TINY_BYOL_ARGS, TINY_CLI_ARGS, make_index
@@ -25,7 +25,7 @@ CFG = dict(method="byol", method_args=TINY_BYOL_ARGS, epochs=2, batch_size=4, wa
 
 
 def _train(tmp: Path, index, out: Path, stop_after: int | None = None, **overrides) -> object:
-    dataset = build_dataset("byol", index, image_size=32, seed=0)
+    dataset = build_training_dataset("byol", index, image_size=32, seed=0)
     cfg = TrainConfig(**{**CFG, **overrides})
 
     def stop_hook(trainer: Trainer, step: int) -> None:

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
         dataset_args.update(correspondence=args.correspondence, roi_size=args.roi_size)
     elif args.correspondence is not None:
         raise ValueError(f"--correspondence is only used by --method orl, not by --method {args.method}")
-    check_gpus(device=args.device)  # before anything slow: a job on the wrong node fails at once
+    check_gpus(device=args.device, multi_node=True)  # before anything slow: a job on the wrong node fails at once
     rt = init_distributed(args.device)
     try:
         set_threads(args.threads)

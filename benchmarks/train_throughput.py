@@ -37,8 +37,9 @@ from PIL import Image
 from torch import nn
 
 from orl.artifacts import Csr, write_artifact
-from orl.data.datasets import SeededDataset, build_dataset
+from orl.data.datasets import SeededDataset
 from orl.data.image_index import ImageIndex, build_index
+from orl.methods import build_training_dataset
 from orl.stages.pretrain import parse_method_args
 from orl.train.launch import choose_device
 from orl.train.trainer import TrainConfig, Trainer
@@ -94,9 +95,9 @@ def _synthetic_correspondence(index: ImageIndex, path: Path, k: int = 10, boxes_
 def _dataset(args: argparse.Namespace, index: ImageIndex, tmp: Path) -> SeededDataset:
     """The method's real-image dataset (ORL: over a synthetic correspondence artifact for these images)."""
     if args.method != "orl":
-        return build_dataset(args.method, index, image_size=args.image_size)
+        return build_training_dataset(args.method, index, image_size=args.image_size)
     corr = _synthetic_correspondence(index, tmp / f"correspondence-{index.digest}.h5")
-    return build_dataset("orl", index, image_size=args.image_size, correspondence=corr, roi_size=args.roi_size)
+    return build_training_dataset("orl", index, image_size=args.image_size, correspondence=corr, roi_size=args.roi_size)
 
 
 def _as_byol(args: argparse.Namespace) -> argparse.Namespace:

@@ -164,3 +164,25 @@ def test_killed_write_leaves_nothing_at_final_path(tmp_path: Path) -> None:
 def test_reserved_attribute_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="reserved"):
         write_artifact(tmp_path / "x.h5", stage="s", image_list_digest="d", params={}, arrays={}, attrs={"stage": 1})
+
+
+def test_write_json_atomic_replaces_whole_files_only(tmp_path, monkeypatch):
+    import json as _json
+
+    from orl.artifacts import write_json_atomic
+
+    path = tmp_path / "bench" / "m" / "r.json"
+    assert write_json_atomic(path, {"a": 1}) == path and _json.loads(path.read_text()) == {"a": 1}
+    # A failure while serialising leaves the old file untouched and no temp file behind.
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert _json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+    # The result files of every benchmark go through it.
+    calls = []
+    import orl.bench.results as results
+
+    monkeypatch.setattr(results, "write_json_atomic", lambda p, doc: calls.append(p) or Path(p))
+    results.write_result(tmp_path / "x.json", method="m", benchmark="b", metrics={}, settings={}, weights="w",
+                         weights_sha256="0")
+    assert calls == [tmp_path / "x.json"]

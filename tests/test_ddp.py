@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orl.data.datasets import build_dataset
-from orl.methods import build_method
+from orl.methods import build_method, build_training_dataset
 from orl.train.trainer import TrainConfig, Trainer
 from train_helpers import TINY_BYOL_ARGS, TINY_CLI_ARGS, make_index
 
@@ -50,7 +49,7 @@ def test_two_process_gloo_matches_single_process(tmp_path: Path) -> None:
     single_out = tmp_path / "single" / "model.pt"
     cfg = TrainConfig(method="byol", method_args=TINY_BYOL_ARGS, epochs=1, batch_size=4, accum_steps=2,
                       warmup_epochs=0, workers=0, log_every=1, image_size=32, seed=0)
-    result = Trainer(cfg, build_dataset("byol", index, image_size=32, seed=0), single_out).fit()
+    result = Trainer(cfg, build_training_dataset("byol", index, image_size=32, seed=0), single_out).fit()
     assert result.finished
 
     ddp_rows, single_rows = _rows(ddp_out.parent / "metrics.csv"), _rows(single_out.parent / "metrics.csv")

@@ -2,13 +2,15 @@
 
 import torch
 import torch.distributed as tdist
+import torch.nn.functional as F
 import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from orl.methods.losses import nt_xent_loss
+from orl.methods.losses import infonce_loss, nt_xent_loss
 from orl.methods.moco_v2 import MoCoV2, batch_shuffle, batch_unshuffle
-from orl.train import dist
+from orl import dist
+from orl.models.backbones import global_pool
 
 WORLD = 2
 
@@ -78,3 +80,73 @@ def test_helpers_are_identity_without_process_group():
     assert dist.gather_with_grad(t) is t and dist.gather_no_grad(t) is t and dist.broadcast(t) is t
     x, inverse = batch_shuffle(torch.arange(4.0))
     assert sorted(x.tolist()) == [0, 1, 2, 3] and torch.equal(batch_unshuffle(x, inverse), torch.arange(4.0))
+
+
+# ---------------------------------------------------------------------------------------------- Shuffle-BN
+SHUFFLE_SEED = 3
+TINY_MOCO = dict(arch="resnet18", proj_hidden=8, proj_dim=4, queue_size=16)
+
+
+def _tiny_moco() -> MoCoV2:
+    torch.manual_seed(0)
+    return MoCoV2(**TINY_MOCO).train()
+
+
+def _shuffle_worker(rank: int, init_file: str, x1, x2, expected_keys, expected_loss) -> None:
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        m = _tiny_moco()
+        assert m._uses_shuffle(), "per-process BN under DDP must shuffle the key batch"
+        n = x1.shape[0] // WORLD
+        sl = slice(rank * n, (rank + 1) * n)
+        torch.manual_seed(SHUFFLE_SEED)  # rank 0's permutation is the one broadcast
+        with torch.no_grad():
+            out = m({"view1": x1[sl], "view2": x2[sl]})
+        torch.manual_seed(SHUFFLE_SEED)
+        keys = m.keys(x2[sl])
+        torch.testing.assert_close(keys, expected_keys[sl], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out["loss"], expected_loss[rank], atol=1e-5, rtol=0)
+    finally:
+        tdist.destroy_process_group()
+
+
+def _per_rank_keys(m: MoCoV2, x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Keys of x when rank r's key encoder sees x[order[r n : (r + 1) n]] (its own BN statistics), in x's order."""
+    n = x.shape[0] // WORLD
+    with torch.no_grad():
+        shuffled = torch.cat([m.key_projector(global_pool(m.key_backbone(x[order[r * n:(r + 1) * n]])))
+                              for r in range(WORLD)])
+    return F.normalize(shuffled, dim=1)[torch.argsort(order)]
+
+
+def test_shuffle_bn_on_two_processes_equals_the_single_process_reference(tmp_path):
+    # Invariant: under DDP with per-process BN, the key of image j is what a key encoder gives it inside the
+    # sub-batch the global permutation sent it to; the loss is then each rank's InfoNCE with those keys.
+    torch.manual_seed(1)
+    x1, x2 = torch.randn(6, 3, 32, 32), torch.randn(6, 3, 32, 32)
+    torch.manual_seed(SHUFFLE_SEED)
+    perm = torch.randperm(6)
+    assert set(perm[:3].tolist()) != {0, 1, 2}, "the permutation must move images across ranks"
+    m = _tiny_moco()
+    keys = _per_rank_keys(m, x2, perm)
+    unshuffled = _per_rank_keys(m, x2, torch.arange(6))
+    n, losses, plain = 3, [], []
+    with torch.no_grad():
+        for r in range(WORLD):
+            q = F.normalize(m.embed(x1[r * n:(r + 1) * n]), dim=1)
+            losses.append(infonce_loss(q, keys[r * n:(r + 1) * n], m.queue, m.temperature))
+            plain.append(infonce_loss(q, unshuffled[r * n:(r + 1) * n], m.queue, m.temperature))
+    assert (keys - unshuffled).abs().max() > 1e-3, "shuffling must change the keys' BN statistics"
+    assert abs(losses[0] - plain[0]) > 1e-4
+    mp.spawn(_shuffle_worker, args=(str(tmp_path / "store"), x1, x2, keys, torch.stack(losses)), nprocs=WORLD,
+             join=True)
+
+
+def test_single_process_moco_does_not_shuffle():
+    m = _tiny_moco()
+    assert not m._uses_shuffle()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = F.normalize(m.key_projector(global_pool(m.key_backbone(x))), dim=1)
+    torch.testing.assert_close(m.keys(x), reference)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from orl.artifacts import ArtifactError
-from orl.data.datasets import SeededSampler, build_dataset
+from orl.data.datasets import SeededSampler
+from orl.methods import build_training_dataset
 from orl.data.images import open_rgb
 from orl.data.orl_dataset import ORLDataset, crop_resize
 from orl.methods import BYOL, ORL, build_method
@@ -42,7 +43,7 @@ def data(tmp_path_factory: pytest.TempPathFactory):
 
 def _dataset(data, **kw) -> ORLDataset:
     index, _, corr = data
-    return build_dataset("orl", index, image_size=32, seed=0, correspondence=corr, roi_size=24, **kw)
+    return build_training_dataset("orl", index, image_size=32, seed=0, correspondence=corr, roi_size=24, **kw)
 
 
 # ------------------------------------------------------------------------------------------------------- sampling
@@ -120,12 +121,12 @@ def test_mismatched_or_missing_artifact_fails_fast(data, tmp_path: Path):
     index, index_path, _ = data
     other = make_correspondence(index, tmp_path / "other.h5", digest="0123456789abcdef")
     with pytest.raises(ArtifactError) as err:
-        build_dataset("orl", index, correspondence=other)
+        build_training_dataset("orl", index, correspondence=other)
     assert str(other) in str(err.value) and str(index_path) in str(err.value)
     with pytest.raises(ValueError, match="--correspondence"):
-        build_dataset("orl", index)
+        build_training_dataset("orl", index)
     with pytest.raises(ArtifactError, match="not found"):
-        build_dataset("orl", index, correspondence=tmp_path / "missing.h5")
+        build_training_dataset("orl", index, correspondence=tmp_path / "missing.h5")
 
 
 # ---------------------------------------------------------------------------------------------------- the method
@@ -218,7 +219,7 @@ def _metrics(path: Path) -> list[dict[str, float]]:
 def test_short_orl_run_lowers_its_loss(data, tmp_path: Path):
     index, _, corr = data
     # 8 images, one batch per epoch, 6 steps: the three predictors learn to match the target (12 -> ~4.5).
-    dataset = build_dataset("orl", index, image_size=32, seed=0, correspondence=corr, roi_size=16)
+    dataset = build_training_dataset("orl", index, image_size=32, seed=0, correspondence=corr, roi_size=16)
     cfg = TrainConfig(method="orl", method_args=TINY_ORL_ARGS, epochs=6, batch_size=8, warmup_epochs=0,
                       workers=0, log_every=1, image_size=32, seed=0, lr=0.2, base_batch=8, weight_decay=0.0)
     result = Trainer(cfg, dataset, tmp_path / "run" / "model.pt", meta={"image_list_digest": index.digest}).fit()
@@ -255,7 +256,7 @@ def test_orl_resume_equals_straight_run(data, tmp_path: Path):
     import signal
 
     index, _, corr = data
-    dataset = build_dataset("orl", index, image_size=32, seed=0, correspondence=corr, roi_size=16)
+    dataset = build_training_dataset("orl", index, image_size=32, seed=0, correspondence=corr, roi_size=16)
     cfg = dict(method="orl", method_args=TINY_ORL_ARGS, epochs=1, batch_size=4, warmup_epochs=0.5, workers=0,
                log_every=1, image_size=32, seed=0)
 
@@ -299,7 +300,7 @@ def test_two_process_gloo_orl_matches_single_process_accumulation(data, tmp_path
     single_out = tmp_path / "single" / "model.pt"
     cfg = TrainConfig(method="orl", method_args=TINY_ORL_ARGS, epochs=1, batch_size=4, accum_steps=2,
                       warmup_epochs=0, workers=0, log_every=1, image_size=32, seed=0)
-    dataset = build_dataset("orl", index, image_size=32, seed=0, correspondence=corr, roi_size=16)
+    dataset = build_training_dataset("orl", index, image_size=32, seed=0, correspondence=corr, roi_size=16)
     assert Trainer(cfg, dataset, single_out).fit().finished
     ddp_row, single_row = _metrics(ddp_out.parent / "metrics.csv")[0], _metrics(single_out.parent / "metrics.csv")[0]
     for key in ("loss", "loss_global", "loss_intra", "loss_inter"):

@@ -249,6 +249,11 @@ def test_check_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     ("roi-embed", ["--model", "missing.pt", "--index", "i.h5", "--proposals", "p.h5", "--out", "r.h5"]),
     ("bench-detection", ["--weights", "none", "--method-name", "x", "--train-images", "t", "--train-annotations",
                          "t.json", "--val-images", "v", "--val-annotations", "v.json", "--out", "d.json"]),
+    ("bench-svm", ["--weights", "w.pth", "--method-name", "x", "--data", "voc", "--out", "s.json"]),
+    ("bench-linear", ["--weights", "w.pth", "--method-name", "x", "--train-dir", "t", "--val-dir", "v",
+                      "--out", "l.json"]),
+    ("bench-semi", ["--weights", "w.pth", "--method-name", "x", "--train-dir", "t", "--val-dir", "v",
+                    "--subset-list", "s.txt", "--percent", "1", "--out", "s.json"]),
 ])
 def test_gpu_stages_stop_when_they_see_too_few_gpus(stage: str, args: list[str], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -260,6 +265,16 @@ def test_gpu_stages_stop_when_they_see_too_few_gpus(stage: str, args: list[str],
     assert main([stage, *args]) == 1
     err = capsys.readouterr().err
     assert f"orl {stage}: error: this job asked for 99 GPU(s) per node but the process on" in err, err
+    # A multi-node job is refused by every stage but pretraining, which is launched across nodes.
+    monkeypatch.delenv("ORL_EXPECT_GPUS")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    if stage == "pretrain":
+        from orl.train import launch
+
+        assert launch.check_gpus(multi_node=True) == 0
+    else:
+        assert main([stage, *args]) == 1
+        assert "this stage runs on one node but SLURM job" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ the local cluster

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orl.data.datasets import build_dataset
+from orl.methods import build_training_dataset
 from orl.train import checkpoint as ckpt
 from orl.train.trainer import NonFiniteLossError, TrainConfig, Trainer
 from train_helpers import TINY_BYOL_ARGS, TINY_CLI_ARGS, make_index
@@ -25,7 +25,7 @@ CFG = dict(method="byol", method_args=TINY_BYOL_ARGS, epochs=2, batch_size=4, wa
 
 
 def _train(tmp: Path, index, out: Path, stop_after: int | None = None, **overrides) -> object:
-    dataset = build_dataset("byol", index, image_size=32, seed=0)
+    dataset = build_training_dataset("byol", index, image_size=32, seed=0)
     cfg = TrainConfig(**{**CFG, **overrides})
 
     def stop_hook(trainer: Trainer, step: int) -> None:
@@ -180,3 +180,19 @@ def test_method_args_parsing() -> None:
                       "arch": "resnet18", "x": None, "dims": [1, 2]}
     with pytest.raises(ValueError, match="key=value"):
         parse_method_args(["oops"])
+
+
+@pytest.mark.parametrize("method,args,explicit,expected", [
+    ("moco_v2", {"arch": "resnet18", "proj_hidden": 16, "proj_dim": 8, "queue_size": 16}, None, 0.0),
+    ("simclr", {"arch": "resnet18", "proj_hidden": 16, "proj_dim": 8}, None, 10.0),
+    ("simclr", {"arch": "resnet18", "proj_hidden": 16, "proj_dim": 8}, 0.5, 0.5),
+])
+def test_warmup_is_the_methods_unless_set(method, args, explicit, expected, tmp_path: Path) -> None:
+    index, _ = make_index(tmp_path, n=4)
+    cfg = TrainConfig(method=method, method_args=args, epochs=1, batch_size=4, warmup_epochs=explicit, workers=0,
+                      image_size=32, seed=0)
+    out = tmp_path / "run" / "model.pt"
+    assert Trainer(cfg, build_training_dataset(method, index, image_size=32), out).fit().finished
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["config"]["warmup_epochs"] == expected
+    assert meta["config"]["sync_bn"] is (method != "moco_v2")

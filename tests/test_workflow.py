@@ -78,6 +78,10 @@ def test_paper_configs_dry_run(name: str, repo: Path, tmp_path: Path) -> None:
     assert "--image-size 224" in out and "--roi-size 96" in out
     assert "--epochs 20" in out  # semi-supervised, not the demo's 5
     assert "--knn-train-dir" not in out and "bench-frozen" not in out  # no labelled crops: monitor off
+    # Each method's warmup is its own recipe (no shared --warmup-epochs); extraction runs in fp32.
+    assert "--warmup-epochs" not in out
+    extract = [line for line in out.splitlines() if "orl feature-bank" in line or "orl roi-embed" in line]
+    assert extract and all("--precision fp32" in line for line in extract)
 
 
 def test_unset_voc_folder_is_named_when_needed(repo: Path, tmp_path: Path) -> None:

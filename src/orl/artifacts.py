@@ -315,3 +315,21 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """The root attributes of an artifact (cheap; used by stages and tests to inspect provenance)."""
     with Artifact(path) as art:
         return dict(art.attrs)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
+    """Write `obj` as JSON the way artifacts are written: temp file in the same folder, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=indent)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path

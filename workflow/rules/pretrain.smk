@@ -95,7 +95,7 @@ for _method in PRETRAIN_METHODS + ["orl"]:
             lr=optional_number("--lr", _method, "lr"),
             base_batch=optional_number("--base-batch", _method, "base_batch"),
             weight_decay=optional_number("--weight-decay", _method, "weight_decay"),
-            warmup_epochs=pretrain_setting(_method, "warmup_epochs"),
+            warmup_epochs=optional_number("--warmup-epochs", _method, "warmup_epochs"),
             workers=pretrain_setting(_method, "workers"),
             checkpoint_every=pretrain_setting(_method, "checkpoint_every"),
             seed=pretrain_setting(_method, "seed"),
@@ -121,7 +121,7 @@ for _method in PRETRAIN_METHODS + ["orl"]:
             "{params.launcher} pretrain --method {params.method} --index {input.index} --out {output}"
             " --arch {params.arch} --epochs {params.epochs} --batch-size {params.batch_size}"
             " --accum-steps {params.accum_steps} --image-size {params.image_size} {params.lr} {params.base_batch}"
-            " {params.weight_decay} --warmup-epochs {params.warmup_epochs} --workers {params.workers}"
+            " {params.weight_decay} {params.warmup_epochs} --workers {params.workers}"
             " --threads {params.per_process_threads} --checkpoint-every {params.checkpoint_every}"
             " --seed {params.seed} --precision {params.precision} {params.orl_inputs} {params.method_args}"
             " {params.knn_monitor} > {log} 2>&1"

@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -33,6 +32,7 @@ from pycocotools.coco import COCO
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from orl.artifacts import write_json_atomic
 from orl.bench import coco_data, coco_eval
 from orl.bench.detection_model import HeadSizes, build_mask_rcnn, norm_parameters, to_sync_bn
 from orl.bench.weights import infer_arch, read_backbone_state, sha256_file
@@ -163,16 +163,7 @@ def checkpoint_dir(out: str | os.PathLike) -> Path:
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, obj)
 
 
 @dataclass

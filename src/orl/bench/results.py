@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from orl.artifacts import write_json_atomic
 
 
 def metric(values: float | Sequence[float]) -> dict[str, Any]:
@@ -76,19 +77,7 @@ def write_result(
     }
     if chance is not None:
         doc.update(chance=dict(chance), chance_rule=chance_rule or "")
-    doc = _plain(doc)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, _plain(doc))
 
 
 def topk_chance(num_classes: int, k: int = 1) -> float:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from orl.data.augment import Transform, two_view_transforms
+from orl.data.augment import Transform, ViewRecipe, two_view_transforms
 from orl.data.image_index import ImageIndex
 from orl.data.images import open_rgb
 
@@ -82,7 +82,9 @@ class SeededSampler(Sampler[SampleKey]):
     (global batch = batch_size x num_replicas x accum_steps; the remainder is dropped, like drop_last) and gives
     micro-batch a of optimiser step s on rank r the contiguous block starting at s G + (a R + r) b. So 1 process
     with accum 2 and 2 processes with accum 1 train on exactly the same images per step, and each DDP rank's batch
-    equals one accumulation micro-batch (same BatchNorm statistics). `set_epoch(e, skip)` resumes mid-epoch.
+    equals one accumulation micro-batch. BatchNorm statistics then match only with per-process BN: under SyncBN
+    (the GPU DDP default) more ranks normalise over the whole global batch, accumulation over one micro-batch.
+    `set_epoch(e, skip)` resumes mid-epoch.
     """
 
     def __init__(
@@ -132,14 +134,16 @@ class SeededSampler(Sampler[SampleKey]):
         return self.steps_per_epoch * self.accum_steps * self.batch_size - self.skip
 
 
-# Method name -> factory(index, image_size, seed, **kwargs) -> dataset. ORL registers its own (it needs the
-# kNN and correspondence artifacts); every image-level method uses the two-view dataset.
+# Method name -> factory(index, views, image_size, seed, **kwargs) -> dataset. ORL registers its own (it needs the
+# kNN and correspondence artifacts); every image-level method uses the two-view dataset. The view recipes are the
+# method's (orl.methods: Method.recipe), passed in by the caller: this layer does not know the methods.
 DatasetFactory = Callable[..., SeededDataset]
+Views = tuple[ViewRecipe, ViewRecipe]
 
 
-def two_view_dataset(index: ImageIndex, image_size: int = 224, seed: int = 0, **_: Any) -> TwoViewDataset:
-    """The BYOL two-view dataset at `image_size`."""
-    t1, t2 = two_view_transforms(image_size)
+def two_view_dataset(index: ImageIndex, views: Views, image_size: int = 224, seed: int = 0, **_: Any) -> TwoViewDataset:
+    """Two views of each image at `image_size`, with the method's (view 1, view 2) recipes."""
+    t1, t2 = two_view_transforms(image_size, views)
     return TwoViewDataset(index, t1, t2, seed=seed)
 
 
@@ -155,10 +159,15 @@ def register_dataset(method_name: str, factory: DatasetFactory) -> None:
     DATASETS[method_name] = factory
 
 
-def build_dataset(method_name: str, index: ImageIndex, image_size: int = 224, seed: int = 0, **kwargs: Any) -> SeededDataset:
-    """The training dataset a method needs; extra kwargs (e.g. ORL's artifact paths) go to its factory."""
+def build_dataset(
+    method_name: str, index: ImageIndex, views: Views, image_size: int = 224, seed: int = 0, **kwargs: Any
+) -> SeededDataset:
+    """The training dataset a method needs with its view recipes; extra kwargs (e.g. ORL's artifacts) go to its factory.
+
+    Callers normally use orl.methods.build_training_dataset, which passes the method's own recipe.
+    """
     if method_name not in DATASETS and method_name in DATASET_MODULES:
         importlib.import_module(DATASET_MODULES[method_name])  # registers itself on import
     if method_name not in DATASETS:
         raise ValueError(f"no training dataset registered for method {method_name!r}; known: {sorted(DATASETS)}")
-    return DATASETS[method_name](index, image_size=image_size, seed=seed, **kwargs)
+    return DATASETS[method_name](index, views=views, image_size=image_size, seed=seed, **kwargs)

@@ -6,7 +6,8 @@ Per image i and iteration, under the per-sample RNG of SeededDataset (so runs ar
 - inter-RoI: one of the K neighbours k uniformly, then one of the mined pairs of (i, k) uniformly, no jitter;
   its first box is cropped from image i, its second from image k.
 Every RoI is cropped from the full-resolution image, resized to roi_size x roi_size (bilinear) and augmented with
-the view-1 patch recipe (first RoI of a pair) or the view-2 recipe (second RoI).
+the view-1 patch recipe (first RoI of a pair) or the view-2 recipe (second RoI); the recipes are ORL's (BYOL's
+asymmetric pair, orl.methods.ORL.recipe), without the crop.
 
 Boxes and pairs come from the stage-2 artifact `correspondence`, read one row at a time and opened lazily in the
 process that reads (a DataLoader worker), never before the fork: h5py handles do not survive one.
@@ -24,7 +25,7 @@ import torch
 from PIL import Image
 
 from orl.artifacts import Artifact, ArtifactError, open_artifact
-from orl.data.augment import patch_view_transform, two_view_transforms
+from orl.data.augment import ViewRecipe, patch_view_transform, two_view_transforms
 from orl.data.datasets import SeededDataset, register_dataset
 from orl.data.image_index import ImageIndex
 from orl.data.images import open_rgb
@@ -145,6 +146,7 @@ class ORLDataset(SeededDataset):
         self,
         index: ImageIndex,
         correspondence: str | os.PathLike,
+        views: tuple[ViewRecipe, ViewRecipe],
         image_size: int = 224,
         roi_size: int = 96,
         seed: int = 0,
@@ -157,8 +159,8 @@ class ORLDataset(SeededDataset):
         self.k = check_correspondence(self.correspondence, index)
         self.reader = CorrespondenceReader(self.correspondence)
         self.image_size, self.roi_size, self.jitter_tries = image_size, roi_size, jitter_tries
-        self.view1, self.view2 = two_view_transforms(image_size)
-        self.patch1, self.patch2 = patch_view_transform(1, roi_size), patch_view_transform(2, roi_size)
+        self.view1, self.view2 = two_view_transforms(image_size, views)
+        self.patch1, self.patch2 = patch_view_transform(views[0]), patch_view_transform(views[1])
 
     def draw_rois(self, i: int, img_w: int, img_h: int) -> RoiDraw:
         """Draw the intra and inter boxes of image i from the torch RNG (order: box, jitter, neighbour, pair)."""
@@ -193,6 +195,7 @@ class ORLDataset(SeededDataset):
 
 def orl_dataset(
     index: ImageIndex,
+    views: tuple[ViewRecipe, ViewRecipe],
     image_size: int = 224,
     seed: int = 0,
     correspondence: str | os.PathLike | None = None,
@@ -205,7 +208,7 @@ def orl_dataset(
             "ORL trains on the mined RoI pairs: pass the stage-2 correspondence artifact "
             "(orl pretrain --method orl --correspondence mining/correspondence.h5)"
         )
-    return ORLDataset(index, correspondence, image_size=image_size, roi_size=roi_size, seed=seed,
+    return ORLDataset(index, correspondence, views, image_size=image_size, roi_size=roi_size, seed=seed,
                       jitter_tries=jitter_tries)
 
 

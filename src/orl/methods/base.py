@@ -5,12 +5,23 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from orl.data.augment import ViewRecipe
 from orl.models.backbones import global_pool
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A method's training recipe besides its optimiser (Method.default_optim): views, warmup, BatchNorm mode."""
+
+    views: tuple[ViewRecipe, ViewRecipe]  # augmentation of view 1 and view 2 (ORL: also its RoI patches)
+    warmup_epochs: float  # linear warmup; an explicit pretrain.warmup_epochs / --warmup-epochs replaces it
+    sync_bn: bool = True  # GPU DDP: SyncBN; False: per-GPU BN (MoCo v2, which shuffles the key batch instead)
 
 
 def cosine_momentum(step: int, total_steps: int, base: float = 0.99) -> float:
@@ -49,6 +60,7 @@ class Method(nn.Module):
     name: ClassVar[str]
     # Optimiser defaults from ORL_SPEC; the trainer scales base_lr by global_batch / base_batch.
     default_optim: ClassVar[dict[str, Any]]
+    recipe: ClassVar[Recipe]
 
     backbone: nn.Module
     projector: nn.Module

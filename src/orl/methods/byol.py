@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from orl.methods.base import Method, cosine_momentum, frozen_copy, momentum_update
+from orl.data.augment import BYOL_VIEWS
+from orl.methods.base import Method, Recipe, cosine_momentum, frozen_copy, momentum_update
 from orl.methods.losses import symmetric_byol_loss
 from orl.models.backbones import build_backbone, feature_dim, global_pool
 from orl.models.heads import MLP
@@ -20,6 +21,8 @@ class BYOL(Method):
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "sgd", "base_lr": 0.4, "base_batch": 512, "momentum": 0.9, "weight_decay": 1e-4,
     }
+    # The asymmetric views (blur 1.0 / 0.1, solarize 0 / 0.2) and 4 warmup epochs of the authors' config.
+    recipe: ClassVar[Recipe] = Recipe(views=BYOL_VIEWS, warmup_epochs=4.0)
 
     def __init__(
         self,

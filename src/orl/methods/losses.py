@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from orl.train import dist
+from orl import dist
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

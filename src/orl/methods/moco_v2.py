@@ -8,11 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orl.methods.base import Method, frozen_copy, momentum_update
+from orl.data.augment import ViewRecipe
+from orl.methods.base import Method, Recipe, frozen_copy, momentum_update
 from orl.methods.losses import infonce_loss
 from orl.models.backbones import build_backbone, feature_dim, global_pool
 from orl.models.heads import MoCoHead
-from orl.train import dist
+from orl import dist
+
+# MoCo v2 paper / official code (and the authors' COCO config): crop scale 0.2-1, ColorJitter(0.4, 0.4, 0.4, 0.1)
+# p 0.8, grayscale 0.2, blur sigma 0.1-2 p 0.5, flip, no solarize; the same recipe for both views.
+MOCO_V2_VIEW = ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, grayscale_p=0.2,
+                          blur_p=0.5, solarize_p=0.0)
 
 
 @torch.no_grad()
@@ -41,6 +47,8 @@ class MoCoV2(Method):
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "sgd", "base_lr": 0.3, "base_batch": 256, "momentum": 0.9, "weight_decay": 1e-4,
     }
+    # Cosine schedule without warmup; per-GPU BN with Shuffle-BN of the key encoder, as the MoCo code.
+    recipe: ClassVar[Recipe] = Recipe(views=(MOCO_V2_VIEW, MOCO_V2_VIEW), warmup_epochs=0.0, sync_bn=False)
 
     def __init__(
         self,
@@ -69,8 +77,10 @@ class MoCoV2(Method):
 
     def _uses_shuffle(self) -> bool:
         # Shuffle-BN stops the query and its positive key from sharing per-GPU BN statistics. It only has an
-        # effect with per-GPU BN across several processes: in one process there is nothing to shuffle across,
-        # and under SyncBN the statistics are global whatever the order, so it would only cost an image all_gather.
+        # effect with per-GPU BN across several processes. In one process there is nothing to shuffle across:
+        # the key batch is normalised with its own statistics, like the query batch (MoCo's official code has no
+        # single-GPU shuffle; OpenSelfSup's MoCo runs only under DDP). Under SyncBN the statistics are global
+        # whatever the order, so shuffling would only cost an image all_gather.
         if not (self.shuffle_bn and dist.is_distributed()):
             return False
         return not any(isinstance(m, nn.SyncBatchNorm) for m in self.key_backbone.modules())

@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> None:
 
     if args.epochs < 1:
         raise ValueError("--epochs must be at least 1")
+    from orl.train.launch import check_gpus
+
+    check_gpus(device=args.device)  # before anything slow: a job on the wrong node fails at once
     set_threads(args.threads)
     start = time.perf_counter()
     backbone, arch = load_backbone(args.weights, args.arch)

@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="base lr at --base-batch images, scaled by the global batch (default: the method's)")
     p.add_argument("--base-batch", type=int, default=None, help="batch at which --lr applies (default: the method's)")
     p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the method's)")
-    p.add_argument("--warmup-epochs", type=float, default=4.0, help="linear warmup epochs (paper: 4)")
+    p.add_argument("--warmup-epochs", type=float, default=None,
+                   help="linear warmup epochs (default: the method's recipe: BYOL/ORL 4, MoCo v2 0, SimCLR 10)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
@@ -72,7 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16",
                    help="autocast dtype on GPU (CPU always uses fp32)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="GPU: keep NCHW")
-    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", help="GPU DDP: per-GPU BatchNorm")
+    p.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=None,
+                   help="GPU DDP: SyncBatchNorm (default: the method's recipe; all but MoCo v2 use it)")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="GPU DDP: per-GPU BatchNorm (MoCo v2's default, with Shuffle-BN of the key encoder)")
     p.add_argument("--method-args", nargs="*", default=[], metavar="KEY=VALUE",
                    help="method hyper-parameters, e.g. proj_hidden=512 proj_dim=128 queue_size=4096")
     p.add_argument("--dataset-args", nargs="*", default=[], metavar="KEY=VALUE",
@@ -110,9 +114,8 @@ def build_knn_monitor(args: argparse.Namespace):  # noqa: ANN201 - torch-heavy r
 
 def run(args: argparse.Namespace) -> None:
     """Train; raises SystemExit(128 + signal) when interrupted after saving a checkpoint."""
-    from orl.data.datasets import build_dataset  # torch is imported lazily, as in every stage
-    from orl.data.image_index import load_index
-    from orl.methods import METHODS
+    from orl.data.image_index import load_index  # torch is imported lazily, as in every stage
+    from orl.methods import METHODS, build_training_dataset
     from orl.train.launch import check_gpus, configure_determinism, init_distributed, set_threads, shutdown_distributed
     from orl.train.trainer import TrainConfig, Trainer
 
@@ -127,13 +130,15 @@ def run(args: argparse.Namespace) -> None:
         dataset_args.update(correspondence=args.correspondence, roi_size=args.roi_size)
     elif args.correspondence is not None:
         raise ValueError(f"--correspondence is only used by --method orl, not by --method {args.method}")
-    check_gpus(device=args.device)  # before anything slow: a job on the wrong node fails at once
+    check_gpus(device=args.device, multi_node=True)  # before anything slow: a job on the wrong node fails at once
     rt = init_distributed(args.device)
     try:
         set_threads(args.threads)
         configure_determinism(rt.device)
         index = load_index(args.index)
-        dataset = build_dataset(args.method, index, image_size=args.image_size, seed=args.seed, **dataset_args)
+        # The method's own view recipes (orl.methods: Method.recipe), never another method's.
+        dataset = build_training_dataset(args.method, index, image_size=args.image_size, seed=args.seed,
+                                         **dataset_args)
         cfg = TrainConfig(
             method=args.method, method_args=method_args, epochs=args.epochs, batch_size=args.batch_size,
             accum_steps=args.accum_steps, lr=args.lr, base_batch=args.base_batch, weight_decay=args.weight_decay,

@@ -113,12 +113,25 @@ def expected_gpus() -> int | None:
     return None
 
 
-def check_gpus(expected: int | None = None, device: str = "auto") -> int:
+def job_nodes() -> int:
+    """Nodes of this process's SLURM job ($SLURM_JOB_NUM_NODES, else $SLURM_NNODES); 1 outside SLURM."""
+    return max(_env_int("SLURM_JOB_NUM_NODES", 0), _env_int("SLURM_NNODES", 0), 1)
+
+
+def check_gpus(expected: int | None = None, device: str = "auto", multi_node: bool = False) -> int:
     """Fail with a clear error unless this process sees the GPUs its job asked for; returns how many it sees.
 
     `expected` defaults to expected_gpus(); nothing is checked when it is unknown or 0, or when device is cpu.
-    Under torchrun, the processes per node must also equal the GPUs asked for.
+    Under torchrun, the processes per node must also equal the GPUs asked for. Only stages launched across
+    nodes (pretrain: srun + torchrun, rules with `nodes` > 1) pass multi_node=True; any other stage refuses a
+    multi-node job rather than run on its first node while the others idle.
     """
+    nodes = job_nodes()
+    if nodes > 1 and not multi_node:
+        raise RuntimeError(
+            f"this stage runs on one node but SLURM job {os.environ.get('SLURM_JOB_ID', '?')} has {nodes} nodes; "
+            "only pretraining is launched across nodes (pretrain.nodes): request one node for this rule"
+        )
     expected = expected_gpus() if expected is None else expected
     if not expected or str(device).startswith("cpu"):
         return 0

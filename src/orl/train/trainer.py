@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ class TrainConfig:
     lr: float | None = None  # base lr at base_batch images; None: the method's default
     base_batch: int | None = None  # None: the method's default
     weight_decay: float | None = None  # None: the method's default
-    warmup_epochs: float = 4.0
+    warmup_epochs: float | None = None  # None: the method's recipe (BYOL/ORL 4, MoCo v2 0, SimCLR 10)
     workers: int = 4
     checkpoint_every: int = 1  # epochs; a checkpoint is also written at the end and on SIGTERM/SIGINT
     keep_checkpoints: int = 2
@@ -63,7 +63,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "bf16"  # GPU only; CPU always trains in fp32
     channels_last: bool = True  # GPU only
-    sync_bn: bool = True  # GPU + distributed only
+    sync_bn: bool | None = None  # GPU + distributed only; None: the method's recipe (MoCo v2: per-GPU BN)
     image_size: int = 224  # recorded in meta / resume fingerprint; the dataset applies it
 
     def as_dict(self) -> dict[str, Any]:
@@ -90,6 +90,10 @@ class TrainResult:
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the message names the iteration and every loss term."""
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -310,6 +314,9 @@ class Trainer:
             self._cpu_group = tdist.new_group(backend="gloo") if tdist.get_backend() != "gloo" else None
 
         method = self._method = self._build_method()
+        if cfg.warmup_epochs is None or cfg.sync_bn is None:  # explicit settings win over the method's recipe
+            cfg = self.cfg = replace(cfg, warmup_epochs=_or(cfg.warmup_epochs, method.recipe.warmup_epochs),
+                                     sync_bn=_or(cfg.sync_bn, method.recipe.sync_bn))
         sampler = SeededSampler(
             len(self.dataset), cfg.batch_size, rt.world_size, rt.rank, cfg.accum_steps, shuffle=True, seed=cfg.seed
         )

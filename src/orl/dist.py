@@ -1,4 +1,4 @@
-"""Tiny torch.distributed helpers; every one is a no-op / identity in a single process."""
+"""Tiny torch.distributed helpers (below methods and train, which both use them); each is a no-op in one process."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 # Paths and small helpers shared by the rules. Everything lives under config["results"].
 import os
+import shlex
 
 R = config["results"].rstrip("/")
 DATASET = config["dataset"]
@@ -30,8 +31,18 @@ def dataset_inputs(wildcards=None):
 
 
 def optional_flag(flag, value):
-    """'--flag value' when value is set, else nothing (keeps shell strings stable when unset)."""
-    return f"{flag} {value}" if value not in (None, "") else ""
+    """'--flag value' (value shell-quoted) when value is set, else nothing (keeps shell strings stable when unset)."""
+    return f"{flag} {shlex.quote(str(value))}" if value not in (None, "") else ""
+
+
+def optional_flags(flag, values):
+    """'--flag v1 v2 ...' with each value shell-quoted (for nargs flags), or nothing when there are none."""
+    return f"{flag} {' '.join(shlex.quote(str(v)) for v in values)}" if values else ""
+
+
+def quoted(*words):
+    """Words joined into shell text, each quoted: for params that hold flags and paths together."""
+    return " ".join(shlex.quote(str(w)) for w in words)
 
 PROPOSALS = config["proposals"]
 # The quality JSON holds box counts always, and recall of ground-truth boxes when the dataset is annotated.

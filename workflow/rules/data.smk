@@ -16,9 +16,9 @@ rule demo_data:
     log:
         f"{R}/logs/demo_data.log",
     shell:
-        "orl demo-data --out {output} --seed {params.seed} --num-train {params.num_train}"
+        "orl demo-data --out {output:q} --seed {params.seed} --num-train {params.num_train}"
         " --num-val {params.num_val} --image-size {params.image_size}"
-        " --min-objects {params.min_objects} --max-objects {params.max_objects} > {log} 2>&1"
+        " --min-objects {params.min_objects} --max-objects {params.max_objects} > {log:q} 2>&1"
 
 
 rule index_images:
@@ -35,5 +35,5 @@ rule index_images:
     log:
         f"{R}/logs/index_images.log",
     shell:
-        "orl index --images {params.images} {params.annotations} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "orl index --images {params.images:q} {params.annotations} --out {output:q}"
+        " --threads {threads} > {log:q} 2>&1"

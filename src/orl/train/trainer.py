@@ -166,6 +166,8 @@ class MetricsLog:
         new = self.columns is None or not self.path.exists()
         if self.columns is None:
             self.columns = list(row.keys())
+        # Snakemake removes the empty output folder when it is stopped early; recreate it rather than fail.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             if new:

@@ -24,7 +24,10 @@ import numpy as np
 from orl import __version__
 
 FORMAT_VERSION = 1
-_RESERVED = ("format_version", "stage", "image_list_digest", "params_digest", "params", "orl_version", "created")
+# 2: the image-list digest covers every image file's bytes (1: names, ids and sizes only). Recorded in every artifact.
+IMAGE_DIGEST_VERSION = 2
+_RESERVED = ("format_version", "stage", "image_list_digest", "image_digest_version", "params_digest", "params",
+             "orl_version", "created")
 _CSR_MARK = "csr"
 
 
@@ -150,6 +153,7 @@ def write_artifact(
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["stage"] = stage
             f.attrs["image_list_digest"] = image_list_digest
+            f.attrs["image_digest_version"] = IMAGE_DIGEST_VERSION
             f.attrs["params_digest"] = digest_params(params)
             f.attrs["params"] = _json_attr(dict(params))
             f.attrs["orl_version"] = __version__
@@ -299,16 +303,25 @@ def open_artifact(
 def check_same_images(art: Artifact, like: Artifact | str | os.PathLike) -> None:
     """Raise ArtifactError naming both files when two artifacts index different image lists."""
     if isinstance(like, Artifact):
-        ref_path, ref_digest = like.path, like.image_list_digest
+        ref_path, ref_digest, ref_version = like.path, like.image_list_digest, like.attrs.get("image_digest_version")
     else:
         with Artifact(like) as ref:
             ref_path, ref_digest = ref.path, ref.image_list_digest
-    if art.image_list_digest != ref_digest:
-        raise ArtifactError(
-            f"{art.path} was made from image list {art.image_list_digest} but {ref_path} indexes image list "
-            f"{ref_digest}: the two files disagree on which images they describe; rerun the stage that made "
-            f"{art.path.name} from the current image index"
-        )
+            ref_version = ref.attrs.get("image_digest_version")
+    if art.image_list_digest == ref_digest:
+        return
+    for old, other, version in ((art.path, ref_path, art.attrs.get("image_digest_version")), (ref_path, art.path, ref_version)):
+        if version != IMAGE_DIGEST_VERSION:
+            raise ArtifactError(
+                f"{old} was made by an older orl whose image-list digest covered only image names and sizes, so it "
+                f"cannot be checked against {other}; rerun the index and every later stage "
+                "(Snakemake: `snakemake --forcerun index_images`)"
+            )
+    raise ArtifactError(
+        f"{art.path} was made from image list {art.image_list_digest} but {ref_path} indexes image list "
+        f"{ref_digest}: the two files disagree on which images they describe; rerun the stage that made "
+        f"{art.path.name} from the current image index"
+    )
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 import os
 import shlex
 
+from orl.data.images import listing_digest
+
 R = config["results"].rstrip("/")
 DATASET = config["dataset"]
 
@@ -28,6 +30,14 @@ def dataset_inputs(wildcards=None):
     if DATASET["kind"] == "demo":
         return [DEMO_DIR]
     return [p for p in (DATASET["images"], DATASET.get("annotations")) if p]
+
+
+def dataset_listing(wildcards=None):
+    """A digest of the image files' names, sizes and mtimes: a params change (so a rerun) when any image changes.
+
+    The demo folder is remade whole by its own rule, so its mtime suffices (and it may not exist yet at parse time).
+    """
+    return "" if DATASET["kind"] == "demo" else listing_digest(DATASET["images"])
 
 
 def optional_flag(flag, value):

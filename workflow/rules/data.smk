@@ -29,6 +29,7 @@ rule index_images:
     params:
         images=train_images(),
         annotations=optional_flag("--annotations", train_annotations()),
+        listing=dataset_listing,  # not used by the command: it makes Snakemake rerun when an image changes
     threads: config["index"]["threads"]
     benchmark:
         f"{R}/benchmarks/index_images.tsv",

@@ -8,11 +8,12 @@ final path. Ragged per-image data (boxes, pairs) is stored as CSR: a flat `value
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import h5py
 import numpy as np
 
 from orl import __version__
+from orl.fileio import atomic_path
 
 FORMAT_VERSION = 1
 # 2: the image-list digest covers every image file's bytes (1: names, ids and sizes only). Recorded in every artifact.
@@ -143,11 +145,7 @@ def write_artifact(
 ) -> Path:
     """Write an artifact atomically: temp file in the same folder, validate after reopening, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp, _dealloc_errors() as errors:
         expected: dict[str, tuple[int, ...]] = {}
         with h5py.File(tmp, "w") as f:
             f.attrs["format_version"] = FORMAT_VERSION
@@ -174,14 +172,31 @@ def write_artifact(
                     _write_array(f, name, data)
                     expected[name] = np.asarray(data).shape
             f.flush()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        if errors:
+            raise errors[0]
         _validate(tmp, stage, image_list_digest, expected)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
+
+
+@contextlib.contextmanager
+def _dealloc_errors() -> Iterator[list[BaseException]]:
+    """Collect the errors h5py raises in destructors: a write that fails when a dataset closes (disk full) is
+    otherwise only printed (a traceback through sys.excepthook, then 'Exception ignored') and looks successful."""
+    errors: list[BaseException] = []
+    previous, previous_excepthook = sys.unraisablehook, sys.excepthook
+
+    def hook(unraisable: Any) -> None:
+        if "h5py" in str(unraisable.object) and unraisable.exc_value is not None:
+            errors.append(unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    sys.excepthook = lambda _type, value, _tb: errors.append(value)  # only destructors print while we write
+    try:
+        yield errors
+    finally:
+        sys.unraisablehook, sys.excepthook = previous, previous_excepthook
 
 
 def _validate(tmp: Path, stage: str, digest: str, expected: Mapping[str, tuple[int, ...]]) -> None:

@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader, Subset
 from orl.bench import coco_data, coco_eval
 from orl.bench.detection_model import HeadSizes, build_mask_rcnn, norm_parameters, to_sync_bn
 from orl.bench.weights import infer_arch, read_backbone_state, sha256_file
+from orl.fileio import atomic_write
 from orl.train import checkpoint as ckpt
 from orl.train.launch import Runtime, seed_everything
 
@@ -163,16 +163,7 @@ def checkpoint_dir(out: str | os.PathLike) -> Path:
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), mode="w")
 
 
 @dataclass

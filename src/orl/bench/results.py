@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from orl.fileio import atomic_write
 
 
 def metric(values: float | Sequence[float]) -> dict[str, Any]:
@@ -72,18 +73,7 @@ def write_result(
             "details": dict(details or {}),
         }
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2, sort_keys=False) + "\n"), mode="w")
 
 
 def read_result(path: str | os.PathLike) -> dict[str, Any]:

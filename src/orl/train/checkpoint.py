@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from orl import fileio
+
 CKPT_PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
 CHECKPOINT_KEYS = ("method", "hparams", "model", "optimizer", "scaler", "epoch", "step", "rng", "config")
 FINAL_KEYS = ("method", "hparams", "state_dict", "meta")
@@ -28,19 +29,7 @@ FINAL_KEYS = ("method", "hparams", "state_dict", "meta")
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call `write(f)` on a temp file in the target folder, fsync, then rename over `path`; the temp goes on error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return fileio.atomic_write(path, write)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -49,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The lock on the stage's output, held for the whole stage; torchrun ranks other than 0 leave it to rank 0."""
+    from orl.locks import output_lock, stage_output
+
+    out = stage_output(args)
+    if out is None or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return output_lock(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `orl` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -65,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(stage_parser)
     args = stage_parser.parse_args(argv[1:])
     try:
-        module.run(args)
+        with _output_lock(args):
+            module.run(args)
     except Exception as e:  # noqa: BLE001 - one clean line for users, full traceback with ORL_DEBUG=1
         if os.environ.get("ORL_DEBUG"):
             raise

@@ -56,6 +56,7 @@ rule proposals:
         backend=PROPOSALS["backend"],
         seed=PROPOSALS["seed"],
         max_side=optional_flag("--max-side", PROPOSALS["max_side"]),
+        guard=f"--guard-long-side {PROPOSALS['guard_long_side'] or 0} --guard-aspect {PROPOSALS['guard_aspect'] or 0}",
         scale=PROPOSALS["scale"],
         sigma=PROPOSALS["sigma"],
         min_size=PROPOSALS["min_size"],
@@ -69,7 +70,7 @@ rule proposals:
         f"{R}/logs/proposals/part-{{shard}}.log",
     shell:
         "orl proposals --index {input:q} --shard {wildcards.shard} --shards {params.shards}"
-        " --backend {params.backend} --seed {params.seed} {params.max_side} --scale {params.scale}"
+        " --backend {params.backend} --seed {params.seed} {params.max_side} {params.guard} --scale {params.scale}"
         " --sigma {params.sigma} --min-size {params.min_size} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 

@@ -37,4 +37,4 @@ rule index_images:
         f"{R}/logs/index_images.log",
     shell:
         "orl index --images {params.images:q} {params.annotations} --out {output:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {threads} > {log:q} 2>&1; grep -h 'warning:' {log:q} >&2 || true"  # left-out images on the console

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from orl.artifacts import IMAGE_DIGEST_VERSION, open_artifact, write_artifact
-from orl.data.images import ImageReadError, image_files, open_rgb
+from orl.data.images import IMAGE_SUFFIXES, ImageReadError, image_files, open_rgb
 
 STAGE = "image_index"
 
@@ -128,6 +128,14 @@ def build_index(image_dir: str | os.PathLike, annotations: str | os.PathLike | N
     else:
         names = image_files(root)
         ids = list(range(len(names)))
+        found = set(names)
+        others = sorted(
+            rel for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and (rel := p.relative_to(root).as_posix()) not in found
+        )
+        if others:
+            warnings.warn(f"ignored {len(others)} file(s) in {root} without an image suffix "
+                          f"({', '.join(IMAGE_SUFFIXES)}): {'; '.join(others[:10])}", stacklevel=2)
     if not names:
         raise DatasetError(f"no images found in {ann or root}")
 

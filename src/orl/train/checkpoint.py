@@ -137,6 +137,18 @@ def save_final(path: str | os.PathLike, method: nn.Module, meta: Mapping[str, An
     )
 
 
+def _not_a_model(path: Path, error: Exception) -> str:
+    """Why `path` is not a readable model file, in one line (torch's own advice, weights_only=False, would be unsafe)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+    except OSError as e:
+        return f"cannot read pretrained model ({e.strerror})"
+    if magic == b"\x89HDF\r\n\x1a\n":
+        return "is an HDF5 artifact, not a model; pass a training output such as results/pretrain/<method>/model.pt"
+    return f"not an orl model file (model.pt or a training checkpoint): {str(error).splitlines()[0][:200]}"
+
+
 def load_pretrained(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
     """Rebuild a trained Method from model.pt (or a training checkpoint) and load its weights; in eval mode.
 
@@ -148,7 +160,7 @@ def load_pretrained(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Mo
     try:
         state = _load(path, map_location=map_location)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise RuntimeError(f"{path}: cannot read pretrained model ({e})") from e
+        raise RuntimeError(f"{path}: {_not_a_model(path, e)}") from e
     if not isinstance(state, dict) or "method" not in state or "hparams" not in state:
         raise RuntimeError(f"{path}: not an orl model file (no 'method'/'hparams' entries)")
     weights = state.get("state_dict", state.get("model"))

@@ -2,6 +2,7 @@
 # every rule runs one `orl <stage>` command (src/orl/cli.py).
 import os
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -14,7 +15,13 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    validate(config, "workflow/schemas/config.schema.yaml")
+except WorkflowError:
+    # Snakemake's message prints the whole schema (~1,700 lines); name only what is wrong.
+    from orl.config_check import config_problems
+
+    raise WorkflowError(config_problems(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")))
 
 
 report: "workflow/report/workflow.rst"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orl.artifacts import ArtifactError, write_artifact
+from orl.artifacts import Artifact, ArtifactError, check_same_images, write_artifact
 from orl.data.image_index import DatasetError, build_index, load_index, shard_range, write_index
 from orl.data.images import ImageReadError, load_rgb
 
@@ -169,3 +169,31 @@ def test_coco128_index(coco128: Path, tmp_path: Path) -> None:
     with open(coco128 / "annotations" / "instances_train2017.json") as f:
         sizes = {im["file_name"]: (im["width"], im["height"]) for im in json.load(f)["images"]}
     assert all(sizes[n] == (w, h) for n, w, h in zip(index.file_names, index.widths, index.heights))
+
+
+def test_digest_covers_pixels(tmp_path: Path) -> None:
+    """Same names, ids and sizes but other pixels (e.g. demo data made with another seed): different digests."""
+    _jpeg(tmp_path / "a" / "x.jpg", color=(200, 10, 10))
+    _jpeg(tmp_path / "b" / "x.jpg", color=(10, 200, 10))
+    first, second = build_index(tmp_path / "a"), build_index(tmp_path / "b")
+    assert (first.widths.tolist(), first.heights.tolist()) == (second.widths.tolist(), second.heights.tolist())
+    assert first.digest != second.digest
+    features = write_artifact(tmp_path / "features.h5", stage="features", image_list_digest=first.digest,
+                              params={}, arrays={})
+    with pytest.raises(ArtifactError, match="disagree"):
+        check_same_images(Artifact(features), write_index(second, tmp_path / "index.h5"))
+
+
+def test_artifacts_of_the_older_digest_are_named_with_what_to_rerun(tmp_path: Path) -> None:
+    import h5py
+
+    _jpeg(tmp_path / "img" / "a.jpg")
+    out = write_index(build_index(tmp_path / "img"), tmp_path / "index.h5")
+    knn = write_artifact(tmp_path / "knn.h5", stage="knn", image_list_digest="0123", params={}, arrays={})
+    for path in (out, knn):
+        with h5py.File(path, "r+") as f:  # what an orl before digest version 2 wrote
+            del f.attrs["image_digest_version"]
+    with pytest.raises(DatasetError, match="older orl.*--forcerun index_images"):
+        load_index(out)
+    with pytest.raises(ArtifactError, match=r"knn.h5 was made by an older orl.*--forcerun index_images"):
+        check_same_images(Artifact(knn), write_index(build_index(tmp_path / "img"), tmp_path / "new.h5"))

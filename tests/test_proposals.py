@@ -315,3 +315,31 @@ def test_coco128_smoke(coco128: Path, tmp_path: Path):
     assert mean_raw > 200
     assert q["raw"]["recall@0.5"] > 0.5
     assert 1 <= q["filtered"]["mean_boxes_per_image"] <= 100
+
+
+def test_guard_resizes_extreme_images_only() -> None:
+    from orl.mining.proposals import guarded_size
+
+    assert guarded_size(480, 640, 4000, 10) is None
+    assert guarded_size(20, 20000, 4000, 10) == (20, 200)  # the long side squeezed to 10 x the short side
+    assert guarded_size(6000, 4000, 4000, 10) == (4000, 2667)
+    assert guarded_size(20, 20000, None, None) is None
+
+
+def test_extreme_image_is_searched_resized_with_a_warning_and_boxes_in_full_coordinates(tmp_path: Path) -> None:
+    from orl.stages.proposals import run_shard
+
+    rng = np.random.default_rng(0)
+    img = np.repeat(np.repeat(rng.integers(0, 255, (2, 300, 3), dtype=np.uint8), 10, axis=0), 10, axis=1)
+    (tmp_path / "img").mkdir()
+    Image.fromarray(img).save(tmp_path / "img" / "thin.png")  # 20 x 3000
+    Image.fromarray(img[:, :40]).save(tmp_path / "img" / "small.png")
+    index = write_index(build_index(tmp_path / "img"), tmp_path / "index.h5")
+    settings = P.ProposalSettings(guard_long_side=4000, guard_aspect=10)
+    with pytest.warns(UserWarning, match=r"1 extreme image\(s\).*thin.png \(3000x20 searched at 200x20\)"):
+        out = run_shard(index, 0, 1, settings, 1, tmp_path / "part.h5")
+    with open_artifact(out) as art:
+        assert [row[1] for row in art.attrs["guarded"]] == ["thin.png"]
+        boxes = art.csr_row("boxes", 1)  # sorted names: small.png, thin.png
+    assert len(boxes) and boxes[:, 0].min() >= 0 and (boxes[:, 0] + boxes[:, 2]).max() <= 3000
+    assert (boxes[:, 0] + boxes[:, 2]).max() > 2000  # boxes span the full width, not the 200 px copy

@@ -196,3 +196,23 @@ def test_warmup_is_the_methods_unless_set(method, args, explicit, expected, tmp_
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["config"]["warmup_epochs"] == expected
     assert meta["config"]["sync_bn"] is (method != "moco_v2")
+
+
+def test_early_stop_after_snakemake_removed_the_empty_output_folder(tmp_path: Path) -> None:
+    """On SIGTERM Snakemake removes the still-empty folders of missing outputs (os.removedirs in
+    DAG.cleanup_workdir) while the trainer finishes its step: it must recreate them, checkpoint and exit 143."""
+    index, _ = make_index(tmp_path)
+    out = tmp_path / "results" / "pretrain" / "byol" / "model.pt"
+    dataset = build_training_dataset("byol", index, image_size=32, seed=0)
+    cfg = TrainConfig(**{**CFG, "log_every": 10, "epochs": 1, "batch_size": 2})
+
+    def snakemake_cleanup(trainer: Trainer, step: int) -> None:
+        if step == 1:
+            assert not any(out.parent.iterdir())  # nothing written yet: the folder Snakemake would remove
+            os.removedirs(out.parent)
+            trainer.request_stop(signal.SIGTERM)
+
+    result = Trainer(cfg, dataset, out, on_step=snakemake_cleanup).fit()
+    assert result.exit_code == 143 and result.step == 1
+    assert result.checkpoint is not None and ckpt.load_checkpoint(result.checkpoint)["step"] == 1
+    assert (out.parent / "metrics.csv").read_text().splitlines()[1].startswith("1,")

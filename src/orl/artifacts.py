@@ -8,11 +8,12 @@ final path. Ragged per-image data (boxes, pairs) is stored as CSR: a flat `value
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,13 @@ import h5py
 import numpy as np
 
 from orl import __version__
+from orl.fileio import atomic_path, atomic_write
 
 FORMAT_VERSION = 1
-_RESERVED = ("format_version", "stage", "image_list_digest", "params_digest", "params", "orl_version", "created")
+# 2: the image-list digest covers every image file's bytes (1: names, ids and sizes only). Recorded in every artifact.
+IMAGE_DIGEST_VERSION = 2
+_RESERVED = ("format_version", "stage", "image_list_digest", "image_digest_version", "params_digest", "params",
+             "orl_version", "created")
 _CSR_MARK = "csr"
 
 
@@ -140,16 +145,13 @@ def write_artifact(
 ) -> Path:
     """Write an artifact atomically: temp file in the same folder, validate after reopening, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp, _dealloc_errors() as errors:
         expected: dict[str, tuple[int, ...]] = {}
         with h5py.File(tmp, "w") as f:
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["stage"] = stage
             f.attrs["image_list_digest"] = image_list_digest
+            f.attrs["image_digest_version"] = IMAGE_DIGEST_VERSION
             f.attrs["params_digest"] = digest_params(params)
             f.attrs["params"] = _json_attr(dict(params))
             f.attrs["orl_version"] = __version__
@@ -170,14 +172,31 @@ def write_artifact(
                     _write_array(f, name, data)
                     expected[name] = np.asarray(data).shape
             f.flush()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        if errors:
+            raise errors[0]
         _validate(tmp, stage, image_list_digest, expected)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
+
+
+@contextlib.contextmanager
+def _dealloc_errors() -> Iterator[list[BaseException]]:
+    """Collect the errors h5py raises in destructors: a write that fails when a dataset closes (disk full) is
+    otherwise only printed (a traceback through sys.excepthook, then 'Exception ignored') and looks successful."""
+    errors: list[BaseException] = []
+    previous, previous_excepthook = sys.unraisablehook, sys.excepthook
+
+    def hook(unraisable: Any) -> None:
+        if "h5py" in str(unraisable.object) and unraisable.exc_value is not None:
+            errors.append(unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    sys.excepthook = lambda _type, value, _tb: errors.append(value)  # only destructors print while we write
+    try:
+        yield errors
+    finally:
+        sys.unraisablehook, sys.excepthook = previous, previous_excepthook
 
 
 def _validate(tmp: Path, stage: str, digest: str, expected: Mapping[str, tuple[int, ...]]) -> None:
@@ -299,16 +318,25 @@ def open_artifact(
 def check_same_images(art: Artifact, like: Artifact | str | os.PathLike) -> None:
     """Raise ArtifactError naming both files when two artifacts index different image lists."""
     if isinstance(like, Artifact):
-        ref_path, ref_digest = like.path, like.image_list_digest
+        ref_path, ref_digest, ref_version = like.path, like.image_list_digest, like.attrs.get("image_digest_version")
     else:
         with Artifact(like) as ref:
             ref_path, ref_digest = ref.path, ref.image_list_digest
-    if art.image_list_digest != ref_digest:
-        raise ArtifactError(
-            f"{art.path} was made from image list {art.image_list_digest} but {ref_path} indexes image list "
-            f"{ref_digest}: the two files disagree on which images they describe; rerun the stage that made "
-            f"{art.path.name} from the current image index"
-        )
+            ref_version = ref.attrs.get("image_digest_version")
+    if art.image_list_digest == ref_digest:
+        return
+    for old, other, version in ((art.path, ref_path, art.attrs.get("image_digest_version")), (ref_path, art.path, ref_version)):
+        if version != IMAGE_DIGEST_VERSION:
+            raise ArtifactError(
+                f"{old} was made by an older orl whose image-list digest covered only image names and sizes, so it "
+                f"cannot be checked against {other}; rerun the index and every later stage "
+                "(Snakemake: `snakemake --forcerun index_images`)"
+            )
+    raise ArtifactError(
+        f"{art.path} was made from image list {art.image_list_digest} but {ref_path} indexes image list "
+        f"{ref_digest}: the two files disagree on which images they describe; rerun the stage that made "
+        f"{art.path.name} from the current image index"
+    )
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
@@ -319,17 +347,4 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
     """Write `obj` as JSON the way artifacts are written: temp file in the same folder, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(Path(path), lambda f: f.write(json.dumps(obj, indent=indent) + "\n"), mode="w")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from orl import __version__
@@ -50,6 +52,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Stages whose --out is a folder; every other --out names a file.
+FOLDER_OUTPUTS = ("demo-data", "bench-crops")
+
+
+def _warning_printer(name: str):
+    """Print warnings as 'orl <stage>: warning: ...' (no Python file:line prefix, which means nothing to users)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' API
+        print(f"orl {name}: warning: {message}", file=file or sys.stderr)
+
+    return show
+
+
+def check_arguments(name: str, args: argparse.Namespace) -> None:
+    """Refuse, before any work, an --out that is a folder and counts that cannot be right (threads 0, memory -1)."""
+    out = getattr(args, "out", None)
+    if out is not None and name not in FOLDER_OUTPUTS and os.path.isdir(out):
+        raise ValueError(f"--out {out} is a folder; give the path of the file to write")
+    for flag in ("threads", "memory_gb", "cache_gb"):
+        value = getattr(args, flag, None)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+
+
+def _output_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The lock on the stage's output, held for the whole stage; torchrun ranks other than 0 leave it to rank 0."""
+    from orl.locks import output_lock, stage_output
+
+    out = stage_output(args)
+    if out is None or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return output_lock(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `orl` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -66,7 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(stage_parser)
     args = stage_parser.parse_args(argv[1:])
     try:
-        module.run(args)
+        check_arguments(name, args)
+        with _output_lock(args), warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(name)
+            module.run(args)
     except Exception as e:  # noqa: BLE001 - one clean line for users, full traceback with ORL_DEBUG=1
         if os.environ.get("ORL_DEBUG"):
             raise

@@ -24,7 +24,7 @@ rule bench_crops:
     log:
         f"{R}/logs/bench_crops.log",
     shell:
-        "orl bench-crops --demo-root {input} --out {output} --size {params.size} {params.caps} > {log} 2>&1"
+        "orl bench-crops --demo-root {input:q} --out {output:q} --size {params.size} {params.caps} > {log:q} 2>&1"
 
 
 rule bench_svm:
@@ -37,7 +37,7 @@ rule bench_svm:
         lowshot=f"{R}/bench/{{method}}/voc07_lowshot.json",
         features=f"{R}/bench/{{method}}/voc07_features.h5",
     params:
-        data=f"--data demo --demo-root {DEMO_DIR}" if BENCH["svm"]["data"] == "demo" else f"--data voc --voc-root {BENCH['svm']['voc_root']}",
+        data=quoted("--data", "demo", "--demo-root", DEMO_DIR) if BENCH["svm"]["data"] == "demo" else quoted("--data", "voc", "--voc-root", BENCH["svm"]["voc_root"]),
         image_size=BENCH["svm"]["image_size"],
         batch_size=BENCH["svm"]["batch_size"],
         costs=optional_flag("--costs", ",".join(str(c) for c in BENCH["svm"]["costs"] or [])),
@@ -56,11 +56,11 @@ rule bench_svm:
     log:
         f"{R}/logs/bench/{{method}}/svm.log",
     shell:
-        "orl bench-svm --weights {input.weights} --method-name {wildcards.method} {params.data}"
-        " --features {output.features} --image-size {params.image_size} --batch-size {params.batch_size}"
-        " {params.costs} --folds {params.folds} --out {output.svm} --lowshot-out {output.lowshot}"
+        "orl bench-svm --weights {input.weights:q} --method-name {wildcards.method} {params.data}"
+        " --features {output.features:q} --image-size {params.image_size} --batch-size {params.batch_size}"
+        " {params.costs} --folds {params.folds} --out {output.svm:q} --lowshot-out {output.lowshot:q}"
         " --k-values {params.k_values} --samples {params.samples} --seed {params.seed}"
-        " --workers {params.workers} --threads {threads} > {log} 2>&1"
+        " --workers {params.workers} --threads {threads} > {log:q} 2>&1"
 
 
 def linear_split(wildcards, split):
@@ -97,10 +97,10 @@ rule bench_linear:
     log:
         f"{R}/logs/bench/{{method}}/linear_{{dataset}}.log",
     shell:
-        "orl bench-linear --weights {input.weights} --method-name {wildcards.method}"
-        " --train-dir {params.train_dir} --val-dir {params.val_dir} --benchmark-name linear_{wildcards.dataset}"
+        "orl bench-linear --weights {input.weights:q} --method-name {wildcards.method}"
+        " --train-dir {params.train_dir:q} --val-dir {params.val_dir:q} --benchmark-name linear_{wildcards.dataset}"
         " --epochs {params.epochs} {params.color_aug} --batch-size {params.batch_size} --lr {params.lr}"
-        " --crop-size {params.crop_size} --workers {params.workers} --threads {threads} --out {output} > {log} 2>&1"
+        " --crop-size {params.crop_size} --workers {params.workers} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 def frozen_split(split):
@@ -137,12 +137,12 @@ rule bench_frozen:
     log:
         f"{R}/logs/bench/{{method}}/frozen.log",
     shell:
-        "orl bench-frozen --weights {input.weights} --method-name {wildcards.method}"
-        " --train-dir {params.train_dir} --val-dir {params.val_dir} --features {output.features}"
-        " --linear-out {output.linear} --knn-out {output.knn} --image-size {params.image_size}"
+        "orl bench-frozen --weights {input.weights:q} --method-name {wildcards.method}"
+        " --train-dir {params.train_dir:q} --val-dir {params.val_dir:q} --features {output.features:q}"
+        " --linear-out {output.linear:q} --knn-out {output.knn:q} --image-size {params.image_size}"
         " --batch-size {params.batch_size} --k {params.k} --temperature {params.temperature}"
         " --weight-decays {params.weight_decays} --folds {params.folds} --workers {params.workers}"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 SEMI_NAMES = [f"semi_{p:g}pct" for p in BENCH["semi"]["percents"]]
@@ -158,7 +158,7 @@ rule bench_semi:
         train_dir=BENCH["semi"]["train_dir"] or f"{DEMO_CROPS}/train",
         val_dir=BENCH["semi"]["val_dir"] or f"{DEMO_CROPS}/val",
         percents=" ".join(f"{p:g}" for p in BENCH["semi"]["percents"]),
-        subsets=optional_flag("--subset-list", " ".join(BENCH["semi"]["subset_lists"] or [])),
+        subsets=optional_flags("--subset-list", BENCH["semi"]["subset_lists"] or []),
         epochs=BENCH["semi"]["epochs"],
         batch_size=BENCH["semi"]["batch_size"],
         crop_size=BENCH["semi"]["crop_size"],
@@ -173,10 +173,10 @@ rule bench_semi:
     log:
         f"{R}/logs/bench/{{method}}/semi.log",
     shell:
-        "orl bench-semi --weights {input.weights} --method-name {wildcards.method}"
-        " --train-dir {params.train_dir} --val-dir {params.val_dir} --percent {params.percents} {params.subsets}"
-        " --out {output} --epochs {params.epochs} --batch-size {params.batch_size} --crop-size {params.crop_size}"
-        " --workers {params.workers} --threads {threads} > {log} 2>&1"
+        "orl bench-semi --weights {input.weights:q} --method-name {wildcards.method}"
+        " --train-dir {params.train_dir:q} --val-dir {params.val_dir:q} --percent {params.percents} {params.subsets}"
+        " --out {output:q} --epochs {params.epochs} --batch-size {params.batch_size} --crop-size {params.crop_size}"
+        " --workers {params.workers} --threads {threads} > {log:q} 2>&1"
 
 
 def bench_results(method):
@@ -209,7 +209,7 @@ rule bench_summary:
     log:
         f"{R}/logs/bench_summary.log",
     shell:
-        "orl bench-summary --inputs {input} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "orl bench-summary --inputs {input:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
 DET = BENCH["detection"]
@@ -259,9 +259,9 @@ rule bench_detection:
     log:
         f"{R}/logs/bench/{{method}}/detection.log",
     shell:
-        "{params.launcher} bench-detection --weights {input.weights} --method-name {wildcards.method}"
-        " --train-images {params.train_images} --train-annotations {params.train_annotations}"
-        " --val-images {params.val_images} --val-annotations {params.val_annotations}"
+        "{params.launcher} bench-detection --weights {input.weights:q} --method-name {wildcards.method}"
+        " --train-images {params.train_images:q} --train-annotations {params.train_annotations:q}"
+        " --val-images {params.val_images:q} --val-annotations {params.val_annotations:q}"
         " --iterations {params.iterations} --batch-size {params.batch_size} --lr {params.lr}"
         " --warmup-iters {params.warmup_iters} --milestones {params.milestones}"
         " --train-min-sizes {params.train_min_sizes} --train-max-size {params.train_max_size}"
@@ -269,4 +269,4 @@ rule bench_detection:
         " --fpn-channels {params.fpn_channels} --box-head-dim {params.box_head_dim}"
         " --roi-batch-size {params.roi_batch_size} --test-proposals {params.test_proposals}"
         " --detections-per-image {params.detections_per_image} --checkpoint-every {params.checkpoint_every}"
-        " --workers {params.workers} --threads {params.per_process_threads} --out {output} > {log} 2>&1"
+        " --workers {params.workers} --threads {params.per_process_threads} --out {output:q} > {log:q} 2>&1"

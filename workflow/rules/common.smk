@@ -1,5 +1,8 @@
 # Paths and small helpers shared by the rules. Everything lives under config["results"].
 import os
+import shlex
+
+from orl.data.images import listing_digest
 
 R = config["results"].rstrip("/")
 DATASET = config["dataset"]
@@ -51,15 +54,34 @@ def knn_monitor_flags(image_size):
     dirs = knn_monitor_dirs()
     if dirs is None:
         return ""
-    return (
-        f"--knn-train-dir {dirs[0]} --knn-val-dir {dirs[1]} --knn-every {KNN_MONITOR['every']} --knn-k {KNN_MONITOR['k']}"
-        f" --knn-temperature {KNN_MONITOR['temperature']} --knn-image-size {KNN_MONITOR['image_size'] or image_size}"
+    return quoted(
+        "--knn-train-dir", dirs[0], "--knn-val-dir", dirs[1], "--knn-every", KNN_MONITOR["every"],
+        "--knn-k", KNN_MONITOR["k"], "--knn-temperature", KNN_MONITOR["temperature"],
+        "--knn-image-size", KNN_MONITOR["image_size"] or image_size,
     )
 
 
+def dataset_listing(wildcards=None):
+    """A digest of the image files' names, sizes and mtimes: a params change (so a rerun) when any image changes.
+
+    The demo folder is remade whole by its own rule, so its mtime suffices (and it may not exist yet at parse time).
+    """
+    return "" if DATASET["kind"] == "demo" else listing_digest(DATASET["images"])
+
+
 def optional_flag(flag, value):
-    """'--flag value' when value is set, else nothing (keeps shell strings stable when unset)."""
-    return f"{flag} {value}" if value not in (None, "") else ""
+    """'--flag value' (value shell-quoted) when value is set, else nothing (keeps shell strings stable when unset)."""
+    return f"{flag} {shlex.quote(str(value))}" if value not in (None, "") else ""
+
+
+def optional_flags(flag, values):
+    """'--flag v1 v2 ...' with each value shell-quoted (for nargs flags), or nothing when there are none."""
+    return f"{flag} {' '.join(shlex.quote(str(v)) for v in values)}" if values else ""
+
+
+def quoted(*words):
+    """Words joined into shell text, each quoted: for params that hold flags and paths together."""
+    return " ".join(shlex.quote(str(w)) for w in words)
 
 PROPOSALS = config["proposals"]
 # The quality JSON holds box counts always, and recall of ground-truth boxes when the dataset is annotated.

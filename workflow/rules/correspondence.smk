@@ -38,11 +38,11 @@ rule roi_embed:
     log:
         f"{R}/logs/roi_embeddings/part-{{shard}}.log",
     shell:
-        "orl roi-embed --model {input.model} --index {input.index} --proposals {input.proposals}"
+        "orl roi-embed --model {input.model:q} --index {input.index:q} --proposals {input.proposals:q}"
         " --shard {wildcards.shard} --shards {params.shards} --mode {params.mode} --crop-size {params.crop_size}"
         " --image-size {params.image_size} --min-size {params.min_size} --max-aspect {params.max_aspect}"
         " --iou {params.iou} --max-boxes {params.max_boxes} --dtype {params.dtype} --precision {params.precision}"
-        " --batch-size {params.batch_size} --workers {params.workers} --threads {threads} --out {output} > {log} 2>&1"
+        " --batch-size {params.batch_size} --workers {params.workers} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule mine_pairs:
@@ -67,9 +67,9 @@ rule mine_pairs:
     log:
         f"{R}/logs/pairs/part-{{shard}}.log",
     shell:
-        "orl mine-pairs --index {input.index} --knn {input.knn} --embeddings {input.embeddings}"
+        "orl mine-pairs --index {input.index:q} --knn {input.knn:q} --embeddings {input.embeddings:q}"
         " --shard {wildcards.shard} --shards {params.shards} --ratio {params.ratio} --cache-gb {params.cache_gb}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule gather_correspondence:
@@ -82,14 +82,14 @@ rule gather_correspondence:
     output:
         CORRESPONDENCE_OUT,
     params:
-        quality=f"--quality {PAIR_QUALITY} --quality-seed {CORR['quality_seed']}" if HAS_ANNOTATIONS else "",
+        quality=quoted("--quality", PAIR_QUALITY, "--quality-seed", CORR["quality_seed"]) if HAS_ANNOTATIONS else "",
     benchmark:
         f"{R}/benchmarks/gather_correspondence.tsv",
     log:
         f"{R}/logs/gather_correspondence.log",
     shell:
-        "orl gather-correspondence --index {input.index} --knn {input.knn} --proposals {input.proposals}"
-        " --embeddings {input.embeddings} --pairs {input.pairs} --out {output[0]} {params.quality} > {log} 2>&1"
+        "orl gather-correspondence --index {input.index:q} --knn {input.knn:q} --proposals {input.proposals:q}"
+        " --embeddings {input.embeddings:q} --pairs {input.pairs:q} --out {output[0]:q} {params.quality} > {log:q} 2>&1"
 
 
 rule plot_correspondence:
@@ -109,5 +109,5 @@ rule plot_correspondence:
     log:
         f"{R}/logs/plot_correspondence.log",
     shell:
-        "orl plot-correspondence --correspondence {input.correspondence} --index {input.index}"
-        " --out {output} --num {params.num} --seed 0 > {log} 2>&1"
+        "orl plot-correspondence --correspondence {input.correspondence:q} --index {input.index:q}"
+        " --out {output:q} --num {params.num} --seed 0 > {log:q} 2>&1"

@@ -16,9 +16,9 @@ rule demo_data:
     log:
         f"{R}/logs/demo_data.log",
     shell:
-        "orl demo-data --out {output} --seed {params.seed} --num-train {params.num_train}"
+        "orl demo-data --out {output:q} --seed {params.seed} --num-train {params.num_train}"
         " --num-val {params.num_val} --image-size {params.image_size}"
-        " --min-objects {params.min_objects} --max-objects {params.max_objects} > {log} 2>&1"
+        " --min-objects {params.min_objects} --max-objects {params.max_objects} > {log:q} 2>&1"
 
 
 rule index_images:
@@ -29,11 +29,12 @@ rule index_images:
     params:
         images=train_images(),
         annotations=optional_flag("--annotations", train_annotations()),
+        listing=dataset_listing,  # not used by the command: it makes Snakemake rerun when an image changes
     threads: config["index"]["threads"]
     benchmark:
         f"{R}/benchmarks/index_images.tsv",
     log:
         f"{R}/logs/index_images.log",
     shell:
-        "orl index --images {params.images} {params.annotations} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "orl index --images {params.images:q} {params.annotations} --out {output:q}"
+        " --threads {threads} > {log:q} 2>&1; grep -h 'warning:' {log:q} >&2 || true"  # left-out images on the console

@@ -18,7 +18,7 @@ rule plot_attention:
     output:
         report(f"{R}/figures/attention.png", caption="../report/attention.rst", category="Figures"),
     params:
-        models=" ".join(f"{m}={R}/pretrain/{m}/model.pt" for m in ATTENTION_METHODS),
+        models=quoted(*(f"{m}={R}/pretrain/{m}/model.pt" for m in ATTENTION_METHODS)),
         images=attention_images(),
         num=FIG["attention_num"],
         size=FIG["attention_size"],
@@ -28,8 +28,8 @@ rule plot_attention:
     log:
         f"{R}/logs/plot_attention.log",
     shell:
-        "orl plot-attention --models {params.models} --images {params.images} --num {params.num}"
-        " --size {params.size} --threads {threads} --out {output} > {log} 2>&1"
+        "orl plot-attention --models {params.models} --images {params.images:q} --num {params.num}"
+        " --size {params.size} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule plot_curves:
@@ -51,7 +51,7 @@ rule plot_curves:
     log:
         f"{R}/logs/plot_curves_{{method}}.log",
     shell:
-        "orl plot-curves --metrics {params.metrics} --title {wildcards.method} --out {output} > {log} 2>&1"
+        "orl plot-curves --metrics {params.metrics:q} --title {wildcards.method} --out {output:q} > {log:q} 2>&1"
 
 
 FIGURES = [f"{R}/figures/attention.png"] + expand(f"{R}/figures/curves_{{method}}.png", method=ATTENTION_METHODS)
@@ -74,7 +74,7 @@ rule results_page:
     log:
         f"{R}/logs/results_page.log",
     shell:
-        "orl report-tables --kind results --input {input} --out {output} > {log} 2>&1"
+        "orl report-tables --kind results --input {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule proposals_quality_page:
@@ -91,7 +91,7 @@ rule proposals_quality_page:
     log:
         f"{R}/logs/proposals_quality_page.log",
     shell:
-        "orl report-tables --kind proposals --input {input} --out {output} > {log} 2>&1"
+        "orl report-tables --kind proposals --input {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule pair_quality_page:
@@ -104,7 +104,7 @@ rule pair_quality_page:
     log:
         f"{R}/logs/pair_quality_page.log",
     shell:
-        "orl report-tables --kind pairs --input {input} --out {output} > {log} 2>&1"
+        "orl report-tables --kind pairs --input {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule run_summary:
@@ -120,4 +120,4 @@ rule run_summary:
     params:
         results=R,
     shell:
-        "orl run-summary --results {params.results} --out {output}"
+        "orl run-summary --results {params.results:q} --out {output:q}"

@@ -19,9 +19,9 @@ rule features:
     log:
         f"{R}/logs/features.log",
     shell:
-        "orl features --model {input.model} --index {input.index} --out {output}"
+        "orl features --model {input.model:q} --index {input.index:q} --out {output:q}"
         " --resize {params.resize} --crop {params.crop} --batch-size {params.batch_size}"
-        " --workers {params.workers} --precision {params.precision} --threads {threads} > {log} 2>&1"
+        " --workers {params.workers} --precision {params.precision} --threads {threads} > {log:q} 2>&1"
 
 
 rule knn:
@@ -40,8 +40,8 @@ rule knn:
     log:
         f"{R}/logs/knn.log",
     shell:
-        "orl knn --features {input.features} --index {input.index} --out {output} --k {params.k}"
-        " --route {params.route} --memory-gb {params.memory_gb} --threads {threads} > {log} 2>&1"
+        "orl knn --features {input.features:q} --index {input.index:q} --out {output:q} --k {params.k}"
+        " --route {params.route} --memory-gb {params.memory_gb} --threads {threads} > {log:q} 2>&1"
 
 
 rule proposals:
@@ -56,6 +56,7 @@ rule proposals:
         backend=PROPOSALS["backend"],
         seed=PROPOSALS["seed"],
         max_side=optional_flag("--max-side", PROPOSALS["max_side"]),
+        guard=f"--guard-long-side {PROPOSALS['guard_long_side'] or 0} --guard-aspect {PROPOSALS['guard_aspect'] or 0}",
         scale=PROPOSALS["scale"],
         sigma=PROPOSALS["sigma"],
         min_size=PROPOSALS["min_size"],
@@ -68,9 +69,9 @@ rule proposals:
     log:
         f"{R}/logs/proposals/part-{{shard}}.log",
     shell:
-        "orl proposals --index {input} --shard {wildcards.shard} --shards {params.shards}"
-        " --backend {params.backend} --seed {params.seed} {params.max_side} --scale {params.scale}"
-        " --sigma {params.sigma} --min-size {params.min_size} --threads {threads} --out {output} > {log} 2>&1"
+        "orl proposals --index {input:q} --shard {wildcards.shard} --shards {params.shards}"
+        " --backend {params.backend} --seed {params.seed} {params.max_side} {params.guard} --scale {params.scale}"
+        " --sigma {params.sigma} --min-size {params.min_size} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule gather_proposals:
@@ -89,6 +90,6 @@ rule gather_proposals:
     log:
         f"{R}/logs/gather_proposals.log",
     shell:
-        "orl gather-proposals --index {input.index} --parts {input.parts} --out {output[0]} --quality {output[1]}"
+        "orl gather-proposals --index {input.index:q} --parts {input.parts:q} --out {output[0]:q} --quality {output[1]:q}"
         " --filter-min-size {params.min_size} --filter-max-aspect {params.max_aspect}"
-        " --filter-iou {params.iou} --filter-max-boxes {params.max_boxes} > {log} 2>&1"
+        " --filter-iou {params.iou} --filter-max-boxes {params.max_boxes} > {log:q} 2>&1"

@@ -64,7 +64,7 @@ def pretrain_launcher(method):
 def method_args(method):
     """The method's constructor arguments as stable `key=value` words (sorted, so the shell text never shuffles)."""
     args = config["pretrain"]["methods"].get(method, {}).get("method_args", {})
-    return " ".join(f"{k}={v}" for k, v in sorted(args.items()))
+    return [f"{k}={v}" for k, v in sorted(args.items())]
 
 
 def optional_number(flag, method, key):
@@ -100,10 +100,10 @@ for _method in PRETRAIN_METHODS + ["orl"]:
             checkpoint_every=pretrain_setting(_method, "checkpoint_every"),
             seed=pretrain_setting(_method, "seed"),
             precision=pretrain_setting(_method, "precision"),
-            method_args=optional_flag("--method-args", method_args(_method)),
+            method_args=optional_flags("--method-args", method_args(_method)),
             knn_monitor=knn_monitor_flags(pretrain_setting(_method, "image_size")),
             orl_inputs=(
-                f"--correspondence {R}/mining/correspondence.h5 --roi-size {pretrain_setting(_method, 'roi_size')}"
+                quoted("--correspondence", f"{R}/mining/correspondence.h5", "--roi-size", pretrain_setting(_method, "roi_size"))
                 if _method == "orl"
                 else ""
             ),
@@ -118,13 +118,13 @@ for _method in PRETRAIN_METHODS + ["orl"]:
         log:
             f"{R}/logs/pretrain_{_method}.log",
         shell:
-            "{params.launcher} pretrain --method {params.method} --index {input.index} --out {output}"
+            "{params.launcher} pretrain --method {params.method} --index {input.index:q} --out {output:q}"
             " --arch {params.arch} --epochs {params.epochs} --batch-size {params.batch_size}"
             " --accum-steps {params.accum_steps} --image-size {params.image_size} {params.lr} {params.base_batch}"
             " {params.weight_decay} {params.warmup_epochs} --workers {params.workers}"
             " --threads {params.per_process_threads} --checkpoint-every {params.checkpoint_every}"
             " --seed {params.seed} --precision {params.precision} {params.orl_inputs} {params.method_args}"
-            " {params.knn_monitor} > {log} 2>&1"
+            " {params.knn_monitor} > {log:q} 2>&1"
 
 
 # Weight export: the online backbone as a torchvision state_dict and as Detectron2 weights, for every method and a
@@ -142,9 +142,9 @@ for _method in EXPORT_METHODS:
             provenance=f"{R}/export/{_method}/export.json",
         params:
             source=(
-                f"--random-init --arch {config['pretrain']['arch']} --seed {config['pretrain']['seed']}"
+                quoted("--random-init", "--arch", config["pretrain"]["arch"], "--seed", config["pretrain"]["seed"])
                 if _method == "random"
-                else f"--model {R}/pretrain/{_method}/model.pt"
+                else quoted("--model", f"{R}/pretrain/{_method}/model.pt")
             ),
             out_dir=f"{R}/export/{_method}",
         benchmark:
@@ -152,4 +152,4 @@ for _method in EXPORT_METHODS:
         log:
             f"{R}/logs/export_{_method}.log",
         shell:
-            "orl export {params.source} --out-dir {params.out_dir} > {log} 2>&1"
+            "orl export {params.source} --out-dir {params.out_dir:q} > {log:q} 2>&1"

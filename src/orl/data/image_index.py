@@ -2,7 +2,8 @@
 
 Built from a COCO instances JSON plus its image folder (order = the JSON's `images` list) or from a plain folder of
 images (order = sorted relative paths). Every image is fully decoded once here, so an unreadable file is left out
-with a warning instead of crashing a training worker days later.
+with a warning instead of crashing a training worker days later. The image-list digest covers each image's name, id,
+size and the SHA-256 of its file bytes, so two folders with the same names but other pixels never match.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from orl.artifacts import open_artifact, write_artifact
-from orl.data.images import IMAGE_SUFFIXES, ImageReadError, open_rgb
+from orl.artifacts import IMAGE_DIGEST_VERSION, open_artifact, write_artifact
+from orl.data.images import IMAGE_SUFFIXES, ImageReadError, image_files, open_rgb
 
 STAGE = "image_index"
 
@@ -36,6 +37,7 @@ class ImageIndex:
     ids: np.ndarray
     widths: np.ndarray
     heights: np.ndarray
+    sha256: list[str] = field(default_factory=list)  # hex SHA-256 of each image file's bytes
     annotations: Path | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     source: Path | None = None  # the index artifact this was loaded from, if any
@@ -54,10 +56,13 @@ class ImageIndex:
 
     @property
     def digest(self) -> str:
-        """Digest of the list itself (names, ids, sizes), independent of where the folder lives."""
+        """Digest of the list (names, ids, sizes, file contents), independent of where the folder lives."""
+        if len(self.sha256) != len(self.file_names):
+            raise DatasetError(f"image index {self.source or self.root}: file hashes missing; rebuild the index")
         h = hashlib.sha256()
-        for name, i, w, hh in zip(self.file_names, self.ids.tolist(), self.widths.tolist(), self.heights.tolist()):
-            h.update(f"{name}\t{i}\t{w}\t{hh}\n".encode())
+        rows = zip(self.file_names, self.ids.tolist(), self.widths.tolist(), self.heights.tolist(), self.sha256)
+        for name, i, w, hh, sha in rows:
+            h.update(f"{name}\t{i}\t{w}\t{hh}\t{sha}\n".encode())
         return h.hexdigest()[:16]
 
 
@@ -97,23 +102,17 @@ def _read_coco_images(annotations: Path, root: Path) -> tuple[list[str], list[in
     return names, ids
 
 
-def _scan_folder(root: Path) -> list[str]:
-    return sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
-
-
-def _probe(path: Path) -> tuple[int, int] | str:
-    """(width, height) of a decodable image, else the reason it cannot be read."""
+def _probe(path: Path) -> tuple[int, int, str] | str:
+    """(width, height, SHA-256 of the file) of a decodable image, else the reason it cannot be read."""
     if path.stat().st_size == 0:
         return "empty file"
     try:
         img = open_rgb(path)
     except ImageReadError as e:
         return str(e.__cause__ or e)
-    return img.size
+    with open(path, "rb") as f:  # just decoded, so read from the page cache
+        sha = hashlib.file_digest(f, "sha256").hexdigest()
+    return (*img.size, sha)
 
 
 def build_index(image_dir: str | os.PathLike, annotations: str | os.PathLike | None = None, threads: int = 1) -> ImageIndex:
@@ -127,8 +126,16 @@ def build_index(image_dir: str | os.PathLike, annotations: str | os.PathLike | N
             raise DatasetError(f"annotations file {ann} does not exist")
         names, ids = _read_coco_images(ann, root)
     else:
-        names = _scan_folder(root)
+        names = image_files(root)
         ids = list(range(len(names)))
+        found = set(names)
+        others = sorted(
+            rel for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and (rel := p.relative_to(root).as_posix()) not in found
+        )
+        if others:
+            warnings.warn(f"ignored {len(others)} file(s) in {root} without an image suffix "
+                          f"({', '.join(IMAGE_SUFFIXES)}): {'; '.join(others[:10])}", stacklevel=2)
     if not names:
         raise DatasetError(f"no images found in {ann or root}")
 
@@ -148,6 +155,7 @@ def build_index(image_dir: str | os.PathLike, annotations: str | os.PathLike | N
         ids=np.array([ids[k] for k in kept]),
         widths=np.array([probes[k][0] for k in kept]),
         heights=np.array([probes[k][1] for k in kept]),
+        sha256=[probes[k][2] for k in kept],
         annotations=ann,
         skipped=skipped,
     )
@@ -165,6 +173,7 @@ def write_index(index: ImageIndex, out: str | os.PathLike) -> Path:
             "ids": index.ids,
             "widths": index.widths,
             "heights": index.heights,
+            "sha256": np.array(index.sha256, dtype=object).astype(str),
         },
         attrs={
             "image_root": str(index.root),
@@ -178,12 +187,18 @@ def write_index(index: ImageIndex, out: str | os.PathLike) -> Path:
 def load_index(path: str | os.PathLike) -> ImageIndex:
     """Read an index artifact back, checking that its content still matches its recorded digest."""
     with open_artifact(path, stage=STAGE) as art:
+        if art.attrs.get("image_digest_version") != IMAGE_DIGEST_VERSION or "sha256" not in art:
+            raise DatasetError(
+                f"{path} was written by an older orl whose image-list digest covered only names and sizes; rebuild "
+                f"it with `orl index` (Snakemake: `snakemake --forcerun index_images`), then every later stage reruns"
+            )
         index = ImageIndex(
             root=Path(art.attrs["image_root"]),
             file_names=[str(s) for s in art.array("file_names")],
             ids=art.array("ids"),
             widths=art.array("widths"),
             heights=art.array("heights"),
+            sha256=[str(s) for s in art.array("sha256")],
             annotations=Path(art.attrs["annotations"]) if art.attrs.get("annotations") else None,
             skipped=[tuple(s) for s in art.attrs.get("skipped", [])],
             source=Path(path),

@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")  # GIF: 1st frame
+
+
+def image_files(root: str | os.PathLike) -> list[str]:
+    """Sorted relative paths of the image files under `root`, at any depth (hidden files are ignored)."""
+    root = Path(root)
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def listing_digest(root: str | os.PathLike) -> str:
+    """Digest of the name, size and mtime of every image file under `root` (stat only, no reading); '' if absent.
+
+    The index rule takes it as a parameter, so Snakemake reruns the index when an image is replaced, added or removed
+    anywhere below the folder (the folder's own mtime changes only for its direct entries).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return ""
+    h = hashlib.sha256()
+    for name in image_files(root):
+        st = (root / name).stat()
+        h.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 class ImageReadError(RuntimeError):

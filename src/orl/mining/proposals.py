@@ -49,6 +49,10 @@ class ProposalSettings:
     backend: str = "opencv"
     seed: int = 0
     max_side: int | None = None  # None = full resolution (paper)
+    # Per-image guard (a deviation that touches only extreme images): selective search on a 20 x 20000 image runs
+    # for more than 10 minutes, so such images are searched on a resized copy (boxes mapped back). None = off.
+    guard_long_side: int | None = 4000
+    guard_aspect: float | None = 10.0
     # selectivesearch backend only (the package README's example values; its own defaults over-segment badly)
     scale: float = 500.0
     sigma: float = 0.9
@@ -61,10 +65,15 @@ class ProposalSettings:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
         if self.max_side is not None and self.max_side < 1:
             raise ValueError(f"max_side must be positive (or None for full resolution), got {self.max_side}")
+        if self.guard_long_side is not None and self.guard_long_side < 16:
+            raise ValueError(f"guard_long_side must be at least 16 (or None), got {self.guard_long_side}")
+        if self.guard_aspect is not None and self.guard_aspect < 1:
+            raise ValueError(f"guard_aspect must be at least 1 (or None), got {self.guard_aspect}")
 
     def params(self) -> dict:
         """The parameters recorded in (and digested into) the artifacts; only those the backend uses."""
-        p = {"backend": self.backend, "seed": self.seed, "max_side": self.max_side}
+        p = {"backend": self.backend, "seed": self.seed, "max_side": self.max_side,
+             "guard_long_side": self.guard_long_side, "guard_aspect": self.guard_aspect}
         if self.backend == "opencv":
             p.update(base_k=OPENCV_BASE_K, inc_k=OPENCV_INC_K, sigma=OPENCV_SIGMA, mode="fast")
         else:
@@ -146,6 +155,22 @@ def downscale(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
+def guarded_size(height: int, width: int, long_side: int | None, aspect: float | None) -> tuple[int, int] | None:
+    """(h, w) an extreme image is searched at, or None when it is within the guard.
+
+    Beyond `aspect` the long dimension alone is shrunk to short side x aspect (the short side keeps its detail);
+    then, beyond `long_side`, both sides are scaled so the long side is `long_side`.
+    """
+    h, w = float(height), float(width)
+    if aspect is not None and max(h, w) > aspect * min(h, w):
+        h, w = (aspect * w, w) if h > w else (h, aspect * h)
+    if long_side is not None and max(h, w) > long_side:
+        s = long_side / max(h, w)
+        h, w = h * s, w * s
+    size = (max(1, round(h)), max(1, round(w)))
+    return None if size == (height, width) else size
+
+
 def map_boxes_back(boxes: np.ndarray, small_hw: tuple[int, int], full_hw: tuple[int, int]) -> np.ndarray:
     """Scale boxes found on a resized copy back to the full image: outward rounding, clipped inside the image."""
     if len(boxes) == 0 or small_hw == full_hw:
@@ -163,7 +188,13 @@ def map_boxes_back(boxes: np.ndarray, small_hw: tuple[int, int], full_hw: tuple[
 
 def propose(rgb: np.ndarray, settings: ProposalSettings, position: int) -> np.ndarray:
     """Raw boxes (B, 4) int32 (x, y, w, h) in full-image coordinates for the image at `position`."""
-    small = downscale(rgb, settings.max_side)
+    guard = guarded_size(*rgb.shape[:2], settings.guard_long_side, settings.guard_aspect)
+    small = rgb
+    if guard is not None:
+        import cv2
+
+        small = cv2.resize(rgb, (guard[1], guard[0]), interpolation=cv2.INTER_AREA)
+    small = downscale(small, settings.max_side)
     if settings.backend == "opencv":
         boxes = opencv_boxes(small, image_seed(settings.seed, position))
     else:
@@ -188,6 +219,7 @@ class ImageResult:
     position: int
     boxes: np.ndarray
     error: str | None = None
+    guarded: tuple[int, int] | None = None  # (h, w) the guard searched the image at, when it applied
 
 
 def propose_task(task: ImageTask, settings: ProposalSettings) -> ImageResult:
@@ -200,7 +232,8 @@ def propose_task(task: ImageTask, settings: ProposalSettings) -> ImageResult:
                 f"image is {rgb.shape[1]}x{rgb.shape[0]} but the index recorded {task.width}x{task.height}; "
                 "the file changed since indexing"
             )
-        return ImageResult(task.position, propose(rgb, settings, task.position))
+        guard = guarded_size(task.height, task.width, settings.guard_long_side, settings.guard_aspect)
+        return ImageResult(task.position, propose(rgb, settings, task.position), guarded=guard)
     except Exception as e:  # noqa: BLE001 - one bad image must not take the shard down
         return ImageResult(task.position, np.zeros((0, 4), dtype=np.int32), f"{type(e).__name__}: {e}")
 

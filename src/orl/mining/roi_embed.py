@@ -64,6 +64,7 @@ class RoiSettings:
     mode: str = "crop"
     crop_size: int = 224  # crop mode: side of the resized crop (paper 224)
     image_size: int = 640  # roi_align mode: short side of the resized image
+    max_long_side: int = 4000  # roi_align mode: cap on the resized long side (a 20 x 20000 image would need 5 GB)
     output_size: int = 7  # roi_align mode: pooled grid per box before the average
     dtype: str = "float16"  # storage dtype of the embeddings
     precision: str = "fp32"  # autocast dtype on GPU (CPU always runs in the model's dtype)
@@ -84,7 +85,7 @@ class RoiSettings:
         if self.mode == "crop":
             p["crop_size"] = self.crop_size
         else:
-            p.update(image_size=self.image_size, output_size=self.output_size)
+            p.update(image_size=self.image_size, output_size=self.output_size, max_long_side=self.max_long_side)
         return p
 
 
@@ -133,10 +134,13 @@ def crop_rois(img: Image.Image, boxes: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def resize_short_side(img: Image.Image, short: int) -> tuple[np.ndarray, float, float]:
-    """The image resized (bilinear) so its short side is `short`, as (H, W, 3) uint8, and the x / y scale factors."""
+def resize_short_side(img: Image.Image, short: int, max_long: int | None = None) -> tuple[np.ndarray, float, float]:
+    """The image resized (bilinear) so its short side is `short` (long side at most `max_long`), as (H, W, 3) uint8,
+    and the x / y scale factors."""
     w, h = img.size
     s = short / min(w, h)
+    if max_long is not None:
+        s = min(s, max_long / max(w, h))
     nw, nh = max(1, round(w * s)), max(1, round(h * s))
     return np.array(img.resize((nw, nh), Image.BILINEAR)), nw / w, nh / h  # writable, for torch.from_numpy
 
@@ -171,14 +175,16 @@ class _CropImages(Dataset):
 class _WholeImages(Dataset):
     """Item i: image i resized to the short side, (H, W, 3) uint8, and its kept boxes as scaled xyxy float64."""
 
-    def __init__(self, images: Sequence[tuple[str, int, int]], kept: Sequence[np.ndarray], short: int) -> None:
-        self.images, self.kept, self.short = list(images), list(kept), short
+    def __init__(
+        self, images: Sequence[tuple[str, int, int]], kept: Sequence[np.ndarray], short: int, max_long: int
+    ) -> None:
+        self.images, self.kept, self.short, self.max_long = list(images), list(kept), short, max_long
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rgb, sx, sy = resize_short_side(_checked_open(*self.images[i]), self.short)
+        rgb, sx, sy = resize_short_side(_checked_open(*self.images[i]), self.short, self.max_long)
         return torch.from_numpy(rgb), torch.from_numpy(scaled_xyxy(self.kept[i], sx, sy))
 
 
@@ -284,7 +290,7 @@ def embed_kept(
     if settings.mode == "crop":
         dataset = _CropImages(images, kept, settings.crop_size)
     else:
-        dataset = _WholeImages(images, kept, settings.image_size)
+        dataset = _WholeImages(images, kept, settings.image_size, settings.max_long_side)
     loader = DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=embedder.device.type == "cuda"
     )
@@ -306,7 +312,16 @@ def embed_kept(
                 pending, npending = [crops[full:]], npending - full
         else:
             image, boxes = item
-            emb = embedder.embed_rois(image, boxes, settings.output_size)
+            try:
+                emb = embedder.embed_rois(image, boxes, settings.output_size)
+            except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError and CPU allocator errors
+                if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "memory" not in str(e).lower():
+                    raise
+                path, w, h = images[i - 1]
+                raise MemoryError(
+                    f"{path} ({w}x{h}, resized to {image.shape[1]}x{image.shape[0]}): out of memory embedding its "
+                    f"{len(boxes)} boxes in roi_align mode ({str(e).splitlines()[0][:200]})"
+                ) from e
             out[row : row + len(emb)] = emb
             row += len(emb)
         if i % step == 0 or i == len(images):

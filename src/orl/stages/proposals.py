@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-side", type=int, default=None, help="run on a copy resized to this longer side (default: full size)"
     )
+    parser.add_argument("--guard-long-side", type=int, default=d.guard_long_side,
+                        help="images with a longer side beyond this are searched on a resized copy (0 = no limit)")
+    parser.add_argument("--guard-aspect", type=float, default=d.guard_aspect,
+                        help="images more elongated than this are searched squeezed to this aspect (0 = no limit)")
     parser.add_argument("--scale", type=float, default=d.scale, help="selectivesearch backend: felzenszwalb scale")
     parser.add_argument("--sigma", type=float, default=d.sigma, help="selectivesearch backend: felzenszwalb sigma")
     parser.add_argument("--min-size", type=int, default=d.min_size, help="selectivesearch backend: min segment size")
@@ -41,6 +45,8 @@ def settings_from_args(args: argparse.Namespace) -> ProposalSettings:
         backend=args.backend,
         seed=args.seed,
         max_side=args.max_side,
+        guard_long_side=args.guard_long_side or None,
+        guard_aspect=args.guard_aspect or None,
         scale=args.scale,
         sigma=args.sigma,
         min_size=args.min_size,
@@ -65,12 +71,15 @@ def run_shard(
     tasks = tasks_for(index, start, stop)
     rows: list[np.ndarray] = []
     failed: list[list] = []
+    guarded: list[list] = []
     t0 = time.monotonic()
     step = max(1, len(tasks) // 10)
     for k, result in enumerate(propose_many(tasks, settings, threads), 1):
         rows.append(result.boxes)
         if result.error is not None:
             failed.append([result.position, index.file_names[result.position], result.error])
+        if result.guarded is not None:
+            guarded.append([result.position, index.file_names[result.position], list(result.guarded)])
         if k % step == 0 or k == len(tasks):
             rate = k / max(time.monotonic() - t0, 1e-9)
             print(f"proposals shard {shard}/{shards}: {k}/{len(tasks)} images ({rate:.2f} img/s)", file=sys.stderr)
@@ -81,6 +90,12 @@ def run_shard(
             f"proposals shard {shard}/{shards}: {len(failed)} image(s) failed and got zero boxes: {listing}",
             stacklevel=2,
         )
+    if guarded:
+        listing = "; ".join(
+            f"{name} ({index.widths[i]}x{index.heights[i]} searched at {w}x{h})" for i, name, (h, w) in guarded[:10]
+        )
+        warnings.warn(f"proposals shard {shard}/{shards}: {len(guarded)} extreme image(s) searched on a resized copy "
+                      f"(--guard-long-side / --guard-aspect): {listing}", stacklevel=2)
     return write_artifact(
         out,
         stage=STAGE,
@@ -93,6 +108,7 @@ def run_shard(
             "start": start,
             "stop": stop,
             "failed": failed,
+            "guarded": guarded,
             "opencv_version": _opencv_version(),
             "seconds": round(time.monotonic() - t0, 3),
             "threads": threads,

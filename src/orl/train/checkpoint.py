@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from orl import fileio
+
 CKPT_PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
 CHECKPOINT_KEYS = ("method", "hparams", "model", "optimizer", "scaler", "epoch", "step", "rng", "config")
 FINAL_KEYS = ("method", "hparams", "state_dict", "meta")
@@ -28,19 +29,7 @@ FINAL_KEYS = ("method", "hparams", "state_dict", "meta")
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call `write(f)` on a temp file in the target folder, fsync, then rename over `path`; the temp goes on error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return fileio.atomic_write(path, write)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -148,6 +137,18 @@ def save_final(path: str | os.PathLike, method: nn.Module, meta: Mapping[str, An
     )
 
 
+def _not_a_model(path: Path, error: Exception) -> str:
+    """Why `path` is not a readable model file, in one line (torch's own advice, weights_only=False, would be unsafe)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+    except OSError as e:
+        return f"cannot read pretrained model ({e.strerror})"
+    if magic == b"\x89HDF\r\n\x1a\n":
+        return "is an HDF5 artifact, not a model; pass a training output such as results/pretrain/<method>/model.pt"
+    return f"not an orl model file (model.pt or a training checkpoint): {str(error).splitlines()[0][:200]}"
+
+
 def load_pretrained(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
     """Rebuild a trained Method from model.pt (or a training checkpoint) and load its weights; in eval mode.
 
@@ -159,7 +160,7 @@ def load_pretrained(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Mo
     try:
         state = _load(path, map_location=map_location)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise RuntimeError(f"{path}: cannot read pretrained model ({e})") from e
+        raise RuntimeError(f"{path}: {_not_a_model(path, e)}") from e
     if not isinstance(state, dict) or "method" not in state or "hparams" not in state:
         raise RuntimeError(f"{path}: not an orl model file (no 'method'/'hparams' entries)")
     weights = state.get("state_dict", state.get("model"))

@@ -170,6 +170,8 @@ class MetricsLog:
     def write(self, row: dict[str, float]) -> None:
         """Append one row (the header is written with the first row; a row with new columns widens the file)."""
         new = self.columns is None or not self.path.exists()
+        # Snakemake removes the empty output folder when it is stopped early; recreate it rather than fail.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.columns is None:
             self.columns = list(row.keys())
         elif any(k not in self.columns for k in row):

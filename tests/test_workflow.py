@@ -124,3 +124,34 @@ def test_baselines_train_through_snakemake_and_torchrun(tmp_path: Path) -> None:
         assert all(torch.isfinite(p).all() for p in model.parameters())
     log = (tmp_path / "results" / "logs" / "pretrain_byol.log").read_text()
     assert "trained byol" in log
+
+
+def test_orl_ablations_train_orl_with_their_overrides(tmp_path: Path) -> None:
+    """Each orl_ablations entry is one more stage-3 run of ORL, on the same correspondence, exported and benchmarked."""
+    config = demo_config({"orl_ablations": {"orl_no_inter": {"w_inter": 0}}})
+    out = check(snakemake(tmp_path, "-n", "-p", "--cores", "2", config=config))
+    text = out.stdout + out.stderr
+    lines = [line for line in text.splitlines() if "--out results/pretrain/orl_no_inter/model.pt" in line]
+    assert lines and "pretrain --method orl " in lines[0]
+    assert "--correspondence results/mining/correspondence.h5" in lines[0] and "w_inter=0" in lines[0]
+    assert "proj_hidden=512" in lines[0]  # ORL's own method arguments are kept
+    assert "results/bench/orl_no_inter/knn_demo.json" in text
+    bad = snakemake(tmp_path, "-n", config=demo_config({"orl_ablations": {"byol": {"w_inter": 0}}}))
+    assert bad.returncode != 0  # ablation names start with orl_
+
+
+@pytest.mark.slow
+def test_study_command_dry_runs(repo: Path, tmp_path: Path) -> None:
+    """benchmarks/study.py --dry-run plans every seed: byol, orl, both ablations and all benchmarks."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "study.py"), "--dry-run", "--seeds", "0", "1", "--root", str(tmp_path)],
+        capture_output=True, text=True, cwd=repo,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for rule in ("pretrain_byol", "pretrain_orl_no_inter", "pretrain_orl_no_intra", "bench_frozen", "bench_detection"):
+        assert rule in proc.stdout
+    assert (tmp_path / "seed1.yaml").read_text().startswith(f"results: '{tmp_path / 'seed1'}'")
+    assert not (tmp_path / "seed0").exists()  # a dry run writes no results

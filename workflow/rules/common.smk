@@ -90,8 +90,15 @@ PROPOSALS_OUT = [f"{R}/mining/proposals.h5", PROPOSALS_QUALITY]
 
 # Stage-1 methods pretrained by this config: BYOL always, the baselines when listed.
 PRETRAIN_METHODS = ["byol"] + list(config["baselines"])
-# Backbones exported and benchmarked: every pretrained method, ORL, and a random-init reference.
-EXPORT_METHODS = PRETRAIN_METHODS + ["orl", "random"]
+# Stage-3 runs: ORL, and each ablation of orl_ablations (ORL with some method arguments changed, e.g. w_inter: 0).
+ORL_RUNS = ["orl"] + list(config["orl_ablations"])
+# Backbones exported and benchmarked: every pretrained method, the ORL runs, and a random-init reference.
+EXPORT_METHODS = PRETRAIN_METHODS + ORL_RUNS + ["random"]
+
+
+def method_of(run):
+    """The method a pretraining run trains: 'orl' for ORL's ablations, else the run's own name."""
+    return "orl" if run in ORL_RUNS else run
 
 # Pair quality needs instance annotations (demo and COCO-format data have them; a plain folder does not).
 HAS_ANNOTATIONS = DATASET["kind"] != "folder"

@@ -1,3 +1,5 @@
+import json
+
 # Data: the built-in demo scenes (when dataset.kind is demo) and the image index every stage indexes.
 
 
@@ -11,6 +13,7 @@ rule demo_data:
         image_size=config["demo"]["image_size"],
         min_objects=config["demo"]["min_objects"],
         max_objects=config["demo"]["max_objects"],
+        world=optional_flags("--world", [f"{k}={json.dumps(v)}" for k, v in sorted(config["demo"]["world"].items())]),
     benchmark:
         f"{R}/benchmarks/demo_data.tsv",
     log:
@@ -18,7 +21,7 @@ rule demo_data:
     shell:
         "orl demo-data --out {output:q} --seed {params.seed} --num-train {params.num_train}"
         " --num-val {params.num_val} --image-size {params.image_size}"
-        " --min-objects {params.min_objects} --max-objects {params.max_objects} > {log:q} 2>&1"
+        " --min-objects {params.min_objects} --max-objects {params.max_objects} {params.world} > {log:q} 2>&1"
 
 
 rule index_images:

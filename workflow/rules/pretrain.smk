@@ -3,8 +3,8 @@
 
 
 def pretrain_setting(method, key):
-    """A pretraining setting for one method: its override in pretrain.methods, else the shared value."""
-    return config["pretrain"]["methods"].get(method, {}).get(key, config["pretrain"][key])
+    """A pretraining setting for one method (an ablation uses ORL's): its override in pretrain.methods, else shared."""
+    return config["pretrain"]["methods"].get(method_of(method), {}).get(key, config["pretrain"][key])
 
 
 # GPU rules tell `orl` how many GPUs per node they asked for; it stops at once when it sees fewer
@@ -62,8 +62,12 @@ def pretrain_launcher(method):
 
 
 def method_args(method):
-    """The method's constructor arguments as stable `key=value` words (sorted, so the shell text never shuffles)."""
-    args = config["pretrain"]["methods"].get(method, {}).get("method_args", {})
+    """The run's constructor arguments as stable `key=value` words (sorted, so the shell text never shuffles).
+
+    An ORL ablation takes ORL's arguments with its own overrides on top.
+    """
+    args = dict(config["pretrain"]["methods"].get(method_of(method), {}).get("method_args", {}))
+    args.update(config["orl_ablations"].get(method, {}))
     return [f"{k}={v}" for k, v in sorted(args.items())]
 
 
@@ -72,20 +76,20 @@ def optional_number(flag, method, key):
     return optional_flag(flag, pretrain_setting(method, key))
 
 
-for _method in PRETRAIN_METHODS + ["orl"]:
+for _method in PRETRAIN_METHODS + ORL_RUNS:
 
     rule:
         name:
             f"pretrain_{_method}"
         input:
             index=INDEX,
-            correspondence=[f"{R}/mining/correspondence.h5"] if _method == "orl" else [],
+            correspondence=[f"{R}/mining/correspondence.h5"] if method_of(_method) == "orl" else [],
             knn_crops=[DEMO_CROPS] if knn_monitor_dirs() and not KNN_MONITOR["train_dir"] else [],
         output:
             f"{R}/pretrain/{_method}/model.pt",
         params:
             launcher=pretrain_launcher(_method),
-            method=_method,
+            method=method_of(_method),
             out_dir=f"{R}/pretrain/{_method}",
             arch=pretrain_setting(_method, "arch"),
             epochs=pretrain_setting(_method, "epochs"),
@@ -104,7 +108,7 @@ for _method in PRETRAIN_METHODS + ["orl"]:
             knn_monitor=knn_monitor_flags(pretrain_setting(_method, "image_size")),
             orl_inputs=(
                 quoted("--correspondence", f"{R}/mining/correspondence.h5", "--roi-size", pretrain_setting(_method, "roi_size"))
-                if _method == "orl"
+                if method_of(_method) == "orl"
                 else ""
             ),
             per_process_threads=max(1, pretrain_setting(_method, "threads") // max(1, pretrain_setting(_method, "gpus"), pretrain_setting(_method, "processes"))),

@@ -34,9 +34,9 @@ MIN_VISIBLE_PIXELS = 32
 DEFAULT_SEED = 0
 DEFAULT_NUM_TRAIN = 256
 DEFAULT_NUM_VAL = 64
-DEFAULT_IMAGE_SIZE = 160
-DEFAULT_MIN_OBJECTS = 2
-DEFAULT_MAX_OBJECTS = 6
+DEFAULT_IMAGE_SIZE = 128
+DEFAULT_MIN_OBJECTS = 1
+DEFAULT_MAX_OBJECTS = 3
 MIN_IMAGE_SIZE = 32
 
 _MAX_TRIES_PER_OBJECT = 40
@@ -66,16 +66,44 @@ CATEGORIES: list[dict] = [
 
 @dataclass(frozen=True)
 class World:
-    """The knobs of the scene distribution (sizes are fractions of the image side)."""
+    """The knobs of the scene distribution; sizes are fractions of the image side.
 
-    scale: tuple[float, float] = (0.06, 0.22)  # object radius range, log-uniform
-    clutter: tuple[int, int] = (4, 4)  # at most this many line segments and blobs
-    background_contrast: float = 40.0  # colour swing of the smooth background field
+    The defaults make object identity the signal that two views of a scene share: few, large objects that stay
+    whole inside the image, grey objects and grey backgrounds (colour would be a shortcut: BYOL's jitter shifts
+    hue by at most 0.1, so random colours survive it and two views match by colour alone), little clutter. The
+    original demo world (random colours, up to 6 small objects, heavy clutter) is
+    World(scale=(0.06, 0.22), clutter=(4, 4), background_contrast=40, background_saturation=1,
+    background_range=(40, 215), saturation=1, inside=False) with 2-6 objects at 160 px.
+    """
+
+    scale: tuple[float, float] = (0.18, 0.32)  # object radius range, log-uniform
+    clutter: tuple[int, int] = (1, 1)  # at most this many line segments and blobs that belong to no category
+    background_contrast: float = 25.0  # colour swing of the smooth background field
+    background_saturation: float = 0.0  # 0: grey backgrounds, 1: fully random colours
+    background_range: tuple[float, float] = (90.0, 160.0)  # range of the background's base level per channel
+    background_grain: tuple[float, float] = (3.0, 8.0)  # range of the grey grain's standard deviation
     background_stripes: float = 0.5  # probability of faint stripes on the background
     textured: bool = True  # categories carry their texture; False: two-tone flat shapes, shape alone tells them apart
     num_categories: int = 10
-    saturation: float = 1.0  # 0: grey objects, 1: fully random colours
-    inside: bool = False  # centres drawn so that whole objects fit in the image (no border clipping)
+    saturation: float = 0.0  # of the objects' colours: 0 grey, 1 fully random colours
+    inside: bool = True  # centres drawn so that whole objects fit in the image (no border clipping)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.scale[0] <= self.scale[1] <= 0.5:
+            raise ValueError(f"world.scale must satisfy 0 < lo <= hi <= 0.5, got {self.scale}")
+        if not 1 <= self.num_categories <= len(_CATEGORY_SPECS):
+            raise ValueError(f"world.num_categories must be 1..{len(_CATEGORY_SPECS)}, got {self.num_categories}")
+        if min(self.clutter) < 0:
+            raise ValueError(f"world.clutter counts must be >= 0, got {self.clutter}")
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "World":
+        """A World from {knob: value} (lists become tuples); unknown knobs are an error naming them."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown demo world knob(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 DEFAULT_WORLD = World()
@@ -213,22 +241,25 @@ def _texture(name: str, rng: np.random.Generator, a: np.ndarray, b: np.ndarray, 
 
 def _background(rng: np.random.Generator, size: int, world: World) -> tuple[np.ndarray, np.ndarray]:
     """Textured background (float32 HxWx3) and its base colour."""
-    base = rng.uniform(40, 215, size=3)
+    base = rng.uniform(*world.background_range, size=3)
+    base = base.mean() + world.background_saturation * (base - base.mean())
     c = world.background_contrast
     other = np.clip(base + rng.uniform(-c, c, size=3), 0, 255)
+    other = other.mean() + world.background_saturation * (other - other.mean())
     field = _smooth_noise(rng, size, size, int(rng.integers(2, 6)), 1)
     canvas = base + field * (other - base)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     if rng.random() < world.background_stripes:  # faint stripes in half of the backgrounds, so stripes alone do not mean "object"
         x, _ = _rotate(xx, yy, rng.uniform(0, math.pi))
         canvas += rng.uniform(4, 10) * np.sin(2 * math.pi * x / rng.uniform(5, 14))[..., None]
-    canvas += rng.normal(0, rng.uniform(3, 8), size=(size, size, 1))  # grey grain
+    canvas += rng.normal(0, rng.uniform(*world.background_grain), size=(size, size, 1))  # grey grain
     return canvas.astype(np.float32), base
 
 
-def _clutter_colour(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
-    """A colour moderately away from the background's."""
-    return np.clip(base + rng.uniform(-70, 70, size=3), 0, 255)
+def _clutter_colour(rng: np.random.Generator, base: np.ndarray, saturation: float) -> np.ndarray:
+    """A colour moderately away from the background's, as saturated as the background."""
+    step = rng.uniform(-70, 70, size=3)
+    return np.clip(base + step.mean() + saturation * (step - step.mean()), 0, 255)
 
 
 def _window(cx: float, cy: float, reach: float, size: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
@@ -249,7 +280,7 @@ def _draw_clutter(rng: np.random.Generator, canvas: np.ndarray, base: np.ndarray
         box, yy, xx = _window(mid[0], mid[1], float(np.abs(d).max()) / 2 + width, size)
         t = np.clip(((xx - p[0]) * d[0] + (yy - p[1]) * d[1]) / max(float(d @ d), 1e-6), 0, 1)
         near = np.hypot(xx - p[0] - t * d[0], yy - p[1] - t * d[1]) <= width / 2
-        canvas[box][near] = _clutter_colour(rng, base)
+        canvas[box][near] = _clutter_colour(rng, base, world.background_saturation)
     for _ in range(int(rng.integers(0, world.clutter[1] + 1))):  # lumpy blobs: star-convex with random low harmonics
         cx, cy = rng.uniform(0, size, size=2)
         radius = rng.uniform(0.04, 0.12) * size
@@ -259,7 +290,7 @@ def _draw_clutter(rng: np.random.Generator, canvas: np.ndarray, base: np.ndarray
         for k in (2, 3, 4):
             edge += rng.uniform(-0.25, 0.25) * np.cos(k * phi + rng.uniform(0, 2 * math.pi))
         inside = np.hypot(xx - cx, yy - cy) <= radius * edge
-        colour = _clutter_colour(rng, base)
+        colour = _clutter_colour(rng, base, world.background_saturation)
         canvas[box][inside] = colour + rng.normal(0, 6, size=(int(inside.sum()), 1))
 
 
@@ -441,12 +472,13 @@ def _write_split(
                 "image_size": image_size,
                 "min_objects": min_objects,
                 "max_objects": max_objects,
+                "world": {k: list(v) if isinstance(v, tuple) else v for k, v in world.__dict__.items()},
             },
         },
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": CATEGORIES,
+        "categories": CATEGORIES[: world.num_categories],
     }
     ann_path = root / "annotations" / f"instances_{split}.json"
     ann_path.parent.mkdir(parents=True, exist_ok=True)

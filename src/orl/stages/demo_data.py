@@ -25,6 +25,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-objects", type=int, default=demo_scenes.DEFAULT_MAX_OBJECTS, help="most objects per image"
     )
+    parser.add_argument(
+        "--world",
+        nargs="*",
+        default=[],
+        metavar="KNOB=JSON",
+        help="scene-distribution knobs of orl.data.demo_scenes.World, e.g. saturation=1 'scale=[0.06,0.22]'",
+    )
+
+
+def parse_world(pairs: list[str]) -> demo_scenes.World:
+    """KNOB=JSON words -> a World (unset knobs keep their defaults)."""
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--world entries are KNOB=JSON, got {pair!r}")
+        try:
+            values[key.strip()] = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--world {key}: {text!r} is not JSON ({e.msg})") from None
+    return demo_scenes.World.from_mapping(values)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -38,6 +59,7 @@ def run(args: argparse.Namespace) -> None:
         image_size=args.image_size,
         min_objects=args.min_objects,
         max_objects=args.max_objects,
+        world=parse_world(args.world),
     )
     counts = []
     for split in ("train", "val"):

@@ -62,3 +62,13 @@ def test_config_typo_names_the_key_briefly_and_index_warnings_reach_the_console(
     config = {"dataset": {"kind": "folder", "images": str(images)}}
     proc = check(snakemake(tmp_path, "--cores", "1", "results/index/images.h5", config=config))
     assert "orl index: warning: left out 1 unreadable image(s)" in proc.stdout + proc.stderr
+
+
+def test_stage_with_several_outputs_is_checked_per_output(tmp_path: Path) -> None:
+    """bench-semi writes one JSON per percent: each --out is checked (a folder is refused), and a list is no crash."""
+    proc = _orl("bench-semi", "--method-name", "m", "--weights", str(tmp_path / "w.pth"), "--train-dir", str(tmp_path), "--val-dir",
+                str(tmp_path), "--percent", "1", "10", "--out", str(tmp_path / "a.json"), str(tmp_path))
+    assert proc.returncode == 1 and f"--out {tmp_path} is a folder" in proc.stderr
+    proc = _orl("bench-semi", "--method-name", "m", "--weights", str(tmp_path / "w.pth"), "--train-dir", str(tmp_path), "--val-dir",
+                str(tmp_path), "--percent", "1", "10", "--out", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert proc.returncode == 1 and "path should be string" not in proc.stderr and "no images" in proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orl.locks import OutputLockedError, lock_path, output_lock
+from orl.locks import OutputLockedError, lock_path, output_lock, stage_output
 
 
 def _orl_index(images: Path, out: Path) -> subprocess.CompletedProcess:
@@ -70,3 +71,10 @@ def test_torchrun_ranks_other_than_0_do_not_lock(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("RANK", "1")
     with output_lock(Args.out), _output_lock(Args()):
         pass  # rank 1 runs beside rank 0, which holds the lock
+
+
+def test_a_stage_with_several_outputs_locks_the_first() -> None:
+    """bench-semi's --out takes one path per percent: the lock goes beside the first, never on the list."""
+    args = argparse.Namespace(out=[Path("/r/bench/semi_1pct.json"), Path("/r/bench/semi_10pct.json")])
+    assert stage_output(args) == Path("/r/bench/semi_1pct.json")
+    assert stage_output(argparse.Namespace(out=[])) is None

@@ -68,8 +68,10 @@ def _warning_printer(name: str):
 def check_arguments(name: str, args: argparse.Namespace) -> None:
     """Refuse, before any work, an --out that is a folder and counts that cannot be right (threads 0, memory -1)."""
     out = getattr(args, "out", None)
-    if out is not None and name not in FOLDER_OUTPUTS and os.path.isdir(out):
-        raise ValueError(f"--out {out} is a folder; give the path of the file to write")
+    outs = out if isinstance(out, (list, tuple)) else [] if out is None else [out]  # bench-semi: one per percent
+    for path in outs if name not in FOLDER_OUTPUTS else []:
+        if os.path.isdir(path):
+            raise ValueError(f"--out {path} is a folder; give the path of the file to write")
     for flag in ("threads", "memory_gb", "cache_gb"):
         value = getattr(args, flag, None)
         if value is not None and value <= 0:

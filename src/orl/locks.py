@@ -59,9 +59,11 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path]:
 
 
 def stage_output(args: object) -> Path | None:
-    """The output a stage's parsed arguments name (--out, --out-dir or --out-csv), if any."""
+    """The output a stage's parsed arguments name (--out, --out-dir or --out-csv; the first of several), if any."""
     for name in ("out", "out_dir", "out_csv"):
         value = getattr(args, name, None)
+        if isinstance(value, (list, tuple)):  # e.g. bench-semi writes one result per percent
+            value = value[0] if value else None
         if value:
             return Path(value)
     return None

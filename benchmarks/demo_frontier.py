@@ -53,6 +53,12 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
          "background_grain": (5.0, 5.0)},
         {"image_size": 128, "min_objects": 2, "max_objects": 3},
     ),
+    "clean": (
+        {"scale": (0.22, 0.35), "clutter": (0, 0), "background_contrast": 10.0, "saturation": 0.0, "inside": True,
+         "background_saturation": 0.0, "background_range": (120.0, 136.0), "background_stripes": 0.0,
+         "background_grain": (5.0, 5.0), "tones": (30.0, 225.0)},
+        {"image_size": 128, "min_objects": 2, "max_objects": 3},
+    ),
     "lowsat": (
         {"scale": (0.18, 0.32), "clutter": (1, 1), "background_contrast": 25.0, "saturation": 0.3, "inside": True},
         {"image_size": 128, "min_objects": 1, "max_objects": 3},
@@ -130,6 +136,32 @@ def run_variant(name: str, root: Path, epochs: int, seed: int, threads: int, ext
     return records
 
 
+def plot_frontier(records: list[dict], out: Path) -> None:
+    """Margin of the kNN top-1 over random init (the step-0 value) against training steps, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs: dict[str, list[dict]] = {}
+    for r in records:
+        label = f"{r['variant']} ({r['config']['view_size']} px views, lr {r['config']['lr']})"
+        runs.setdefault(label, []).append(r)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, rs in runs.items():
+        rs = sorted(rs, key=lambda r: r["step"])
+        base = next(r["knn_top1"] for r in rs if r["step"] == 0)
+        ax.plot([r["step"] for r in rs], [r["knn_top1"] - base for r in rs], marker=".", label=f"{label}: random {base:.0f}")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axhline(15, color="g", lw=0.8, ls="--", label="target: random init + 15")
+    ax.set_xlabel("BYOL optimiser steps (batch 32)")
+    ax.set_ylabel("kNN top-1 minus random init (points)")
+    ax.set_title("Demo worlds: does BYOL beat random init? (online kNN monitor, 10 classes)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
     """Parse flags, run each variant, print and save the records."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -139,8 +171,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root", type=Path, default=Path("/tmp/orl-frontier"))
     parser.add_argument("--set", nargs="*", default=[], help="run overrides KEY=VALUE (json values)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines (appended); with --plot: the PNG")
+    parser.add_argument("--plot", type=Path, nargs="+", help="only draw the frontier figure from these JSON-lines files")
     args = parser.parse_args()
+    if args.plot:
+        plot_frontier([json.loads(line) for path in args.plot for line in path.read_text().splitlines() if line], args.out)
+        return
     torch.set_num_threads(args.threads)
     extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     for name in args.variants:

@@ -87,6 +87,7 @@ class World:
     num_categories: int = 10
     saturation: float = 0.0  # of the objects' colours: 0 grey, 1 fully random colours
     inside: bool = True  # centres drawn so that whole objects fit in the image (no border clipping)
+    tones: tuple[float, float] | None = None  # fixed (dark, light) grey levels of every object; None: random colours
 
     def __post_init__(self) -> None:
         if not 0 < self.scale[0] <= self.scale[1] <= 0.5:
@@ -367,6 +368,8 @@ def _try_place(
         return False
 
     c1, c2 = _instance_colours(rng, base, world.saturation)
+    if world.tones is not None:
+        c1, c2 = np.full(3, world.tones[0]), np.full(3, world.tones[1])
     t = _texture(texture_name if world.textured else "solid", rng, a[crop], b[crop], scale)[..., None]
     colours = c1 + t * (c2 - c1) + rng.normal(0, 3, size=t.shape)  # mild grain so "solid" is not flat
     window = canvas[iy0:iy1, ix0:ix1]

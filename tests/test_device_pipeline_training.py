@@ -131,3 +131,17 @@ def test_orl_loss_curve_is_the_cpu_pipelines_within_noise(tmp_path: Path) -> Non
     assert len(cpu) == len(dev) == 2
     noise = max(abs(a - b) for s in (1, 2) for a, b in zip(cpu, losses["cpu", s]))
     assert 0 < max(abs(a - b) for a, b in zip(cpu, dev)) <= noise, losses
+
+
+def test_the_pipeline_setting_reaches_every_pretraining_rule(tmp_path: Path) -> None:
+    from workflow_helpers import check, demo_config, snakemake
+
+    config = demo_config({"pretrain": {"pipeline": "device", "methods": {"orl": {"pipeline": "cpu"}}}})
+    out = check(snakemake(tmp_path, "-n", "-p", "--cores", "2", config=config))
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if " pretrain --method " in line]
+    byol = [line for line in lines if "--method byol" in line]
+    orl = [line for line in lines if "--method orl" in line]
+    assert byol and orl and all("--pipeline device" in line for line in byol)
+    assert all("--pipeline cpu" in line for line in orl)
+    default = check(snakemake(tmp_path, "-n", "-p", "--cores", "2"))
+    assert "--pipeline auto" in default.stdout + default.stderr

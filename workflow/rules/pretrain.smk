@@ -101,6 +101,7 @@ for _method in PRETRAIN_METHODS + ORL_RUNS:
             weight_decay=optional_number("--weight-decay", _method, "weight_decay"),
             warmup_epochs=optional_number("--warmup-epochs", _method, "warmup_epochs"),
             workers=pretrain_setting(_method, "workers"),
+            pipeline=pretrain_setting(_method, "pipeline"),
             checkpoint_every=pretrain_setting(_method, "checkpoint_every"),
             seed=pretrain_setting(_method, "seed"),
             precision=pretrain_setting(_method, "precision"),
@@ -125,7 +126,7 @@ for _method in PRETRAIN_METHODS + ORL_RUNS:
             "{params.launcher} pretrain --method {params.method} --index {input.index:q} --out {output:q}"
             " --arch {params.arch} --epochs {params.epochs} --batch-size {params.batch_size}"
             " --accum-steps {params.accum_steps} --image-size {params.image_size} {params.lr} {params.base_batch}"
-            " {params.weight_decay} {params.warmup_epochs} --workers {params.workers}"
+            " {params.weight_decay} {params.warmup_epochs} --workers {params.workers} --pipeline {params.pipeline}"
             " --threads {params.per_process_threads} --checkpoint-every {params.checkpoint_every}"
             " --seed {params.seed} --precision {params.precision} {params.orl_inputs} {params.method_args}"
             " {params.knn_monitor} > {log:q} 2>&1"

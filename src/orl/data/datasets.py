@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from orl.data.augment import Transform, ViewRecipe, two_view_transforms
+from orl.data.device_augment import DeviceViewTransform, resolve_pipeline, view_entries
 from orl.data.image_index import ImageIndex
 from orl.data.images import open_rgb
 
@@ -63,7 +64,11 @@ class SeededDataset(Dataset):
 
 
 class TwoViewDataset(SeededDataset):
-    """Two augmented views of each whole image: {"view1", "view2", "index"} (BYOL, MoCo v2, SimCLR)."""
+    """Two augmented views of each whole image: {"view1", "view2", "index"} (BYOL, MoCo v2, SimCLR).
+
+    With the device pipeline's transforms the views are uint8 and come with "view1_photo" / "view2_photo"
+    parameter rows (orl.data.device_augment).
+    """
 
     def __init__(self, index: ImageIndex, transform1: Transform, transform2: Transform, seed: int = 0) -> None:
         super().__init__(index, seed)
@@ -72,7 +77,7 @@ class TwoViewDataset(SeededDataset):
     def sample(self, i: int) -> dict[str, Any]:
         """Decode image i and apply the two view transforms."""
         img = open_rgb(self.index.path(i))
-        return {"view1": self.transform1(img), "view2": self.transform2(img), "index": i}
+        return {**view_entries("view1", self.transform1(img)), **view_entries("view2", self.transform2(img)), "index": i}
 
 
 class SeededSampler(Sampler[SampleKey]):
@@ -134,16 +139,21 @@ class SeededSampler(Sampler[SampleKey]):
         return self.steps_per_epoch * self.accum_steps * self.batch_size - self.skip
 
 
-# Method name -> factory(index, views, image_size, seed, **kwargs) -> dataset. ORL registers its own (it needs the
+# Method name -> factory(index, views, image_size, seed, pipeline, **kwargs) -> dataset. ORL registers its own (it needs the
 # kNN and correspondence artifacts); every image-level method uses the two-view dataset. The view recipes are the
 # method's (orl.methods: Method.recipe), passed in by the caller: this layer does not know the methods.
 DatasetFactory = Callable[..., SeededDataset]
 Views = tuple[ViewRecipe, ViewRecipe]
 
 
-def two_view_dataset(index: ImageIndex, views: Views, image_size: int = 224, seed: int = 0, **_: Any) -> TwoViewDataset:
-    """Two views of each image at `image_size`, with the method's (view 1, view 2) recipes."""
-    t1, t2 = two_view_transforms(image_size, views)
+def two_view_dataset(
+    index: ImageIndex, views: Views, image_size: int = 224, seed: int = 0, pipeline: str = "cpu", **_: Any
+) -> TwoViewDataset:
+    """Two views of each image at `image_size` with the method's (view 1, view 2) recipes, in `pipeline`'s split."""
+    if resolve_pipeline(pipeline, "cpu") == "device":
+        t1, t2 = (DeviceViewTransform(v, image_size) for v in views)
+    else:
+        t1, t2 = two_view_transforms(image_size, views)
     return TwoViewDataset(index, t1, t2, seed=seed)
 
 
@@ -160,9 +170,13 @@ def register_dataset(method_name: str, factory: DatasetFactory) -> None:
 
 
 def build_dataset(
-    method_name: str, index: ImageIndex, views: Views, image_size: int = 224, seed: int = 0, **kwargs: Any
+    method_name: str, index: ImageIndex, views: Views, image_size: int = 224, seed: int = 0, pipeline: str = "cpu",
+    **kwargs: Any,
 ) -> SeededDataset:
     """The training dataset a method needs with its view recipes; extra kwargs (e.g. ORL's artifacts) go to its factory.
+
+    pipeline "cpu": workers return finished float views; "device": uint8 views + photometric parameters, finished
+    on the training device by orl.data.device_augment.finish_views.
 
     Callers normally use orl.methods.build_training_dataset, which passes the method's own recipe.
     """
@@ -170,4 +184,4 @@ def build_dataset(
         importlib.import_module(DATASET_MODULES[method_name])  # registers itself on import
     if method_name not in DATASETS:
         raise ValueError(f"no training dataset registered for method {method_name!r}; known: {sorted(DATASETS)}")
-    return DATASETS[method_name](index, views=views, image_size=image_size, seed=seed, **kwargs)
+    return DATASETS[method_name](index, views=views, image_size=image_size, seed=seed, pipeline=pipeline, **kwargs)

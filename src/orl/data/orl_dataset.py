@@ -27,6 +27,7 @@ from PIL import Image
 from orl.artifacts import Artifact, ArtifactError, open_artifact
 from orl.data.augment import ViewRecipe, patch_view_transform, two_view_transforms
 from orl.data.datasets import SeededDataset, register_dataset
+from orl.data.device_augment import DevicePatchTransform, DeviceViewTransform, resolve_pipeline, view_entries
 from orl.data.image_index import ImageIndex
 from orl.data.images import open_rgb
 from orl.data.roi_jitter import TRIES, jitter_box
@@ -151,6 +152,7 @@ class ORLDataset(SeededDataset):
         roi_size: int = 96,
         seed: int = 0,
         jitter_tries: int = TRIES,
+        pipeline: str = "cpu",
     ) -> None:
         super().__init__(index, seed)
         if roi_size < 1:
@@ -159,8 +161,12 @@ class ORLDataset(SeededDataset):
         self.k = check_correspondence(self.correspondence, index)
         self.reader = CorrespondenceReader(self.correspondence)
         self.image_size, self.roi_size, self.jitter_tries = image_size, roi_size, jitter_tries
-        self.view1, self.view2 = two_view_transforms(image_size, views)
-        self.patch1, self.patch2 = patch_view_transform(views[0]), patch_view_transform(views[1])
+        if resolve_pipeline(pipeline, "cpu") == "device":  # uint8 views + parameters (orl.data.device_augment)
+            self.view1, self.view2 = (DeviceViewTransform(v, image_size) for v in views)
+            self.patch1, self.patch2 = (DevicePatchTransform(v) for v in views)
+        else:
+            self.view1, self.view2 = two_view_transforms(image_size, views)
+            self.patch1, self.patch2 = patch_view_transform(views[0]), patch_view_transform(views[1])
 
     def draw_rois(self, i: int, img_w: int, img_h: int) -> RoiDraw:
         """Draw the intra and inter boxes of image i from the torch RNG (order: box, jitter, neighbour, pair)."""
@@ -181,16 +187,15 @@ class ORLDataset(SeededDataset):
         d = self.draw_rois(i, *img.size)
         other = img if d.neighbor == i else open_rgb(self.index.path(d.neighbor))
         s = self.roi_size
-        return {
-            "view1": self.view1(img),
-            "view2": self.view2(img),
-            "intra1": self.patch1(crop_resize(img, d.intra1, s)),
-            "intra2": self.patch2(crop_resize(img, d.intra2, s)),
-            "inter1": self.patch1(crop_resize(img, d.inter1, s)),
-            "inter2": self.patch2(crop_resize(other, d.inter2, s)),
-            "index": i,
-            "neighbor": d.neighbor,
-        }
+        # Built in this order: it is the order the views consume the per-sample RNG.
+        out: dict[str, Any] = {}
+        out.update(view_entries("view1", self.view1(img)))
+        out.update(view_entries("view2", self.view2(img)))
+        out.update(view_entries("intra1", self.patch1(crop_resize(img, d.intra1, s))))
+        out.update(view_entries("intra2", self.patch2(crop_resize(img, d.intra2, s))))
+        out.update(view_entries("inter1", self.patch1(crop_resize(img, d.inter1, s))))
+        out.update(view_entries("inter2", self.patch2(crop_resize(other, d.inter2, s))))
+        return {**out, "index": i, "neighbor": d.neighbor}
 
 
 def orl_dataset(
@@ -201,6 +206,7 @@ def orl_dataset(
     correspondence: str | os.PathLike | None = None,
     roi_size: int = 96,
     jitter_tries: int = TRIES,
+    pipeline: str = "cpu",
 ) -> ORLDataset:
     """build_dataset factory of ORL; needs the stage-2 correspondence artifact."""
     if correspondence is None:
@@ -209,7 +215,7 @@ def orl_dataset(
             "(orl pretrain --method orl --correspondence mining/correspondence.h5)"
         )
     return ORLDataset(index, correspondence, views, image_size=image_size, roi_size=roi_size, seed=seed,
-                      jitter_tries=jitter_tries)
+                      jitter_tries=jitter_tries, pipeline=pipeline)
 
 
 register_dataset("orl", orl_dataset)

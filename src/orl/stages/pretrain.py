@@ -64,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-epochs", type=float, default=None,
                    help="linear warmup epochs (default: the method's recipe: BYOL/ORL 4, MoCo v2 0, SimCLR 10)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process")
+    p.add_argument("--pipeline", choices=("auto", "cpu", "device"), default="auto",
+                   help="input pipeline: cpu = workers augment everything (the reference); device = workers decode, "
+                        "crop and flip, the training device does the photometric ops in batches; auto = device on "
+                        "a GPU, cpu on CPU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept (0: all)")
@@ -115,6 +119,7 @@ def build_knn_monitor(args: argparse.Namespace):  # noqa: ANN201 - torch-heavy r
 def run(args: argparse.Namespace) -> None:
     """Train; raises SystemExit(128 + signal) when interrupted after saving a checkpoint."""
     from orl.data.image_index import load_index  # torch is imported lazily, as in every stage
+    from orl.data.device_augment import resolve_pipeline
     from orl.methods import METHODS, build_training_dataset
     from orl.train.launch import check_gpus, configure_determinism, init_distributed, set_threads, shutdown_distributed
     from orl.train.trainer import TrainConfig, Trainer
@@ -136,16 +141,17 @@ def run(args: argparse.Namespace) -> None:
         set_threads(args.threads)
         configure_determinism(rt.device)
         index = load_index(args.index)
+        pipeline = resolve_pipeline(args.pipeline, rt.device)
         # The method's own view recipes (orl.methods: Method.recipe), never another method's.
         dataset = build_training_dataset(args.method, index, image_size=args.image_size, seed=args.seed,
-                                         **dataset_args)
+                                         pipeline=pipeline, **dataset_args)
         cfg = TrainConfig(
             method=args.method, method_args=method_args, epochs=args.epochs, batch_size=args.batch_size,
             accum_steps=args.accum_steps, lr=args.lr, base_batch=args.base_batch, weight_decay=args.weight_decay,
             warmup_epochs=args.warmup_epochs, workers=args.workers, checkpoint_every=args.checkpoint_every,
             keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
             precision=args.precision, channels_last=args.channels_last, sync_bn=args.sync_bn,
-            image_size=args.image_size,
+            image_size=args.image_size, pipeline=pipeline,
         )
         meta = {"index": str(args.index), "image_list_digest": index.digest, "num_images": len(index)}
         if args.method == "orl":

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from orl import __version__
 from orl.data.datasets import SeededSampler
+from orl.data.device_augment import finish_views
 from orl.methods import Method, build_method
 from orl.train import checkpoint as ckpt
 from orl.train.knn_monitor import COLUMN as KNN_COLUMN
@@ -65,6 +66,7 @@ class TrainConfig:
     channels_last: bool = True  # GPU only
     sync_bn: bool | None = None  # GPU + distributed only; None: the method's recipe (MoCo v2: per-GPU BN)
     image_size: int = 224  # recorded in meta / resume fingerprint; the dataset applies it
+    pipeline: str = "cpu"  # input pipeline the dataset was built with (cpu / device): recorded, part of the fingerprint
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-container copy (safe for weights_only checkpoints and JSON)."""
@@ -270,6 +272,8 @@ class Trainer:
         return json.loads(json.dumps({
             "method": c.method, "hparams": self._method.hparams(), "epochs": c.epochs, "optim": dict(resolved_optim),
             "warmup_epochs": c.warmup_epochs, "seed": c.seed, "image_size": c.image_size,
+            # Only when not the reference: checkpoints written before the key existed still resume.
+            **({"pipeline": c.pipeline} if c.pipeline != "cpu" else {}),
             "steps_per_epoch": steps_per_epoch, "dataset_size": len(self.dataset),
             "image_list_digest": self.meta.get("image_list_digest"),
             # ORL's inputs: a new correspondence artifact or RoI size must not resume an old run.
@@ -459,7 +463,8 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         for micro in range(accum):
-            batch = _to_device(next(batches), dev, channels_last)
+            # Device pipeline: the photometric ops run here, batched; a cpu-pipeline batch passes through.
+            batch = _to_device(finish_views(next(batches), dev), dev, channels_last)
             # Only the last micro-batch all-reduces gradients; the others accumulate locally.
             sync = contextlib.nullcontext() if micro == accum - 1 or not isinstance(model, DDP) else model.no_sync()
             with sync:

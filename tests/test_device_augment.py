@@ -1,0 +1,220 @@
+"""The device input pipeline: per-op agreement with PIL / torchvision, same parameters as the cpu pipeline, the
+parameter distributions of every view recipe, the datasets' device output and finish_views.
+
+Tolerances (8-bit levels, images in [0, 255]) against the cpu pipeline's PIL ops, for the same parameters:
+brightness, contrast, saturation within 1.5 at worst and 0.6 on average (PIL truncates its 8-bit blends, which
+shows as a +0.4 level mean offset); hue within 16 at worst and 1.5 on average (PIL rotates the hue in 8-bit HSV);
+grayscale within 1 (PIL rounds the luma); solarize exact on 8-bit input; blur within 0.5 of the cpu pipeline's
+blur before its rounding. Against torchvision's float tensor ops the agreement is 1e-4 (in [0, 1] units). A whole
+view of the two pipelines (same seed) differs by at most 3.5 levels on average per view, below 2.0 over all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+from torch.utils.data import default_collate
+from torchvision.transforms.v2 import functional as TF
+
+from orl.data import augment as A
+from orl.data import device_augment as D
+from orl.data.datasets import build_dataset
+from orl.methods import build_training_dataset, method_recipe
+from orl_helpers import make_correspondence
+from train_helpers import make_index
+
+
+def _photo_image(size: int = 64, seed: int = 0) -> Image.Image:
+    # Smooth colourful content (upsampled noise): like photos, hue and saturation vary.
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).resize((size, size), Image.BILINEAR)
+
+
+def _float(img: Image.Image) -> torch.Tensor:
+    return TF.pil_to_tensor(img)[None].float() / 255
+
+
+def _levels(x: torch.Tensor) -> torch.Tensor:
+    return x.squeeze(0) * 255
+
+
+OPS = [
+    (D.adjust_brightness, TF.adjust_brightness, (0.6, 0.9, 1.4), 1.5, 0.6),
+    (D.adjust_contrast, TF.adjust_contrast, (0.6, 1.4), 1.5, 0.6),
+    (D.adjust_saturation, TF.adjust_saturation, (0.2, 1.0, 1.8), 1.5, 0.6),
+    (D.adjust_hue, TF.adjust_hue, (-0.2, -0.05, 0.1), 16.0, 1.5),
+]
+
+
+@pytest.mark.parametrize("op,ref,factors,max_tol,mean_tol", OPS, ids=["brightness", "contrast", "saturation", "hue"])
+def test_jitter_ops_match_pil_and_torchvision(op, ref, factors, max_tol, mean_tol) -> None:
+    for seed in range(3):
+        img = _photo_image(seed=seed)
+        x = _float(img)
+        for f in factors:
+            ours = _levels(op(x, torch.tensor([f])))
+            pil = TF.pil_to_tensor(ref(img, f)).float()
+            d = (ours - pil).abs()
+            assert d.max() <= max_tol and d.mean() <= mean_tol, (f, d.max(), d.mean())
+            torch.testing.assert_close(ours / 255, ref(x[0], f), atol=1e-4, rtol=0)
+
+
+def test_jitter_ops_take_one_factor_per_image() -> None:
+    x = torch.cat([_float(_photo_image(seed=s)) for s in range(3)])
+    for op, ref, factors, _, _ in OPS:
+        f = torch.tensor(factors[:3] if len(factors) >= 3 else (*factors, factors[0]))
+        out = op(x, f)
+        for i in range(3):
+            torch.testing.assert_close(out[i], ref(x[i], float(f[i])), atol=1e-4, rtol=0)
+
+
+def test_grayscale_solarize_blur_match_the_cpu_pipeline() -> None:
+    img = _photo_image(96)
+    x = _float(img)
+    gray = _levels(D.grayscale(x).expand_as(x))
+    assert (gray - TF.pil_to_tensor(TF.to_grayscale(img, 3)).float()).abs().max() <= 1.0
+    torch.testing.assert_close(_levels(D.solarize(x)), TF.pil_to_tensor(TF.solarize(img, A.SOLARIZE_THRESHOLD)).float())
+    u8 = TF.pil_to_tensor(img)
+    for sigma in (0.1, 1.0, 2.0):
+        ours = _levels(A.gaussian_blur(x, torch.tensor([sigma])))
+        assert (ours - A.gaussian_blur(u8, torch.tensor([sigma])).float()).abs().max() <= 0.5 + 1e-3
+
+
+def _view_pair(recipe: A.ViewRecipe, img: Image.Image, seed: int, size: int = 48):
+    torch.manual_seed(seed)
+    cpu = A.view_transform(recipe, size)(img)
+    after_cpu = torch.rand(3)
+    torch.manual_seed(seed)
+    raw = D.DeviceViewTransform(recipe, size)(img)
+    after_device = torch.rand(3)
+    return cpu, raw, after_cpu, after_device
+
+
+@pytest.mark.parametrize("method", ["byol", "moco_v2", "simclr"])
+def test_same_seed_gives_the_same_parameters_and_nearly_the_same_view(method: str) -> None:
+    means = []
+    for view, recipe in enumerate(method_recipe(method).views):
+        for seed in range(12):
+            img = _photo_image(80, seed=seed % 4)
+            cpu, raw, after_cpu, after_device = _view_pair(recipe, img, seed)
+            # The worker consumed exactly the cpu pipeline's draws: the streams continue identically.
+            assert torch.equal(after_cpu, after_device), (view, seed)
+            assert raw.pixels.dtype == torch.uint8 and raw.pixels.shape == (3, 48, 48)
+            dev = D.photometric(raw.pixels[None], raw.photo[None])[0]
+            d = (A.denormalize(cpu) - A.denormalize(dev)).abs() * 255
+            assert d.mean() < 3.5, (view, seed, d.mean(), raw.photo)
+            means.append(float(d.mean()))
+    assert np.mean(means) < 2.0
+
+
+def test_a_changed_parameter_changes_the_view() -> None:
+    """The tolerance above tells a wrong parameter apart: flipping one coin moves the view far more."""
+    recipe = A.BYOL_VIEWS[1]
+    cpu, raw, _, _ = _view_pair(recipe, _photo_image(80), seed=3)
+    for slot in (D.GRAY, D.SOLARIZE):
+        photo = raw.photo.clone()
+        photo[slot] = 1 - photo[slot]
+        dev = D.photometric(raw.pixels[None], photo[None])[0]
+        assert ((A.denormalize(cpu) - A.denormalize(dev)).abs() * 255).mean() > 5
+
+
+def _draws(recipe: A.ViewRecipe, n: int) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.stack([D.draw_photometric(recipe) for _ in range(n)])
+
+
+def _rate_ok(flags: torch.Tensor, p: float) -> bool:
+    n = len(flags)
+    sd = max((p * (1 - p) / n) ** 0.5, 1e-9)
+    return abs(float(flags.float().mean()) - p) <= 5 * sd + 1e-12
+
+
+@pytest.mark.parametrize("method", ["byol", "moco_v2", "simclr", "orl"])
+def test_parameter_distributions_follow_each_views_recipe(method: str) -> None:
+    n = 3000
+    for recipe in method_recipe(method).views:
+        p = _draws(recipe, n)
+        jitter = p[:, D.JITTER] > 0
+        assert _rate_ok(jitter, recipe.jitter_p)
+        assert _rate_ok(p[:, D.GRAY], recipe.grayscale_p)
+        assert _rate_ok(p[:, D.BLUR], recipe.blur_p)
+        assert _rate_ok(p[:, D.SOLARIZE], recipe.solarize_p)
+        on = p[jitter]
+        for slot, r in zip(D.FACTORS, D.jitter_ranges(recipe)):
+            lo, hi = r
+            assert stats.kstest(on[:, slot].numpy(), stats.uniform(lo, hi - lo).cdf).pvalue > 1e-4, slot
+        # Each of the 24 orders of the four factors equally often (chi-square), and neutral values when off.
+        perms = on[:, D.ORDER : D.ORDER + 4].long()
+        codes = (perms * torch.tensor([64, 16, 4, 1])).sum(1)
+        counts = torch.unique(codes, return_counts=True)[1]
+        assert len(counts) == 24 and stats.chisquare(counts.numpy()).pvalue > 1e-4
+        off = p[~jitter]
+        assert torch.equal(off[:, list(D.FACTORS)], torch.tensor(D.NEUTRAL).expand(len(off), 4))
+        lo, hi = recipe.blur_sigma
+        assert stats.kstest(p[:, D.SIGMA].numpy(), stats.uniform(lo, hi - lo).cdf).pvalue > 1e-4
+
+
+def test_byol_views_have_the_specs_probabilities() -> None:
+    v1, v2 = (_draws(r, 2000) for r in A.BYOL_VIEWS)
+    assert v1[:, D.BLUR].mean() == 1.0 and v1[:, D.SOLARIZE].sum() == 0
+    assert abs(v2[:, D.BLUR].mean() - 0.1) < 0.035 and abs(v2[:, D.SOLARIZE].mean() - 0.2) < 0.045
+    assert abs(v1[:, D.GRAY].mean() - 0.2) < 0.045 and abs(v1[:, D.JITTER].mean() - 0.8) < 0.045
+
+
+def test_photometric_applies_each_samples_own_parameters() -> None:
+    """A batch of mixed parameters equals the samples one by one (up to the blur kernel sized by the largest sigma)."""
+    raws = []
+    for seed in range(6):
+        torch.manual_seed(seed)
+        raws.append(D.DeviceViewTransform(A.BYOL_VIEWS[seed % 2], 32)(_photo_image(60, seed)))
+    batch = D.photometric(torch.stack([r.pixels for r in raws]), torch.stack([r.photo for r in raws]))
+    for i, r in enumerate(raws):
+        torch.testing.assert_close(batch[i], D.photometric(r.pixels[None], r.photo[None])[0], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="photometric parameters"):
+        D.photometric(batch.to(torch.uint8), torch.zeros(6, 3))
+
+
+def test_two_view_datasets_of_the_device_pipeline(tmp_path: Path) -> None:
+    index, _ = make_index(tmp_path, n=4)
+    for name in ("byol", "moco_v2", "simclr"):
+        dev = build_training_dataset(name, index, image_size=32, pipeline="device")
+        cpu = build_training_dataset(name, index, image_size=32, pipeline="cpu")
+        s = dev[(1, 2)]
+        assert set(s) == {"view1", "view1_photo", "view2", "view2_photo", "index"}
+        assert s["view1"].dtype == torch.uint8 and s["view1_photo"].shape == (D.PHOTO_SIZE,)
+        batch = D.finish_views(default_collate([dev[(0, i)] for i in range(4)]), "cpu")
+        ref = default_collate([cpu[(0, i)] for i in range(4)])
+        assert set(batch) == set(ref)
+        for key in ("view1", "view2"):
+            assert batch[key].dtype == torch.float32 and batch[key].shape == ref[key].shape
+            assert ((A.denormalize(batch[key]) - A.denormalize(ref[key])).abs() * 255).mean() < 3.5
+        assert D.finish_views(ref, "cpu").keys() == ref.keys()  # a cpu batch passes through
+
+
+def test_orl_dataset_of_the_device_pipeline(tmp_path: Path) -> None:
+    index, _ = make_index(tmp_path, n=4)
+    corr = make_correspondence(index, tmp_path / "corr.h5")
+    kw = dict(correspondence=corr, roi_size=16)
+    dev = build_dataset("orl", index, method_recipe("orl").views, image_size=32, pipeline="device", **kw)
+    cpu = build_dataset("orl", index, method_recipe("orl").views, image_size=32, pipeline="cpu", **kw)
+    views = ("view1", "view2", "intra1", "intra2", "inter1", "inter2")
+    s = dev[(0, 1)]
+    assert set(s) == {*views, *(v + "_photo" for v in views), "index", "neighbor"}
+    assert s["intra1"].shape == (3, 16, 16) and s["intra1"].dtype == torch.uint8
+    batch = D.finish_views(default_collate([dev[(0, i)] for i in range(4)]), "cpu")
+    ref = default_collate([cpu[(0, i)] for i in range(4)])
+    assert torch.equal(batch["neighbor"], ref["neighbor"])  # the same RoI draws
+    for key in views:
+        assert ((A.denormalize(batch[key]) - A.denormalize(ref[key])).abs() * 255).mean() < 3.5, key
+
+
+def test_pipeline_names() -> None:
+    assert D.resolve_pipeline("auto", "cpu") == "cpu" and D.resolve_pipeline("auto", "cuda") == "device"
+    assert D.resolve_pipeline("device", "cpu") == "device"
+    with pytest.raises(ValueError, match="pipeline"):
+        D.resolve_pipeline("gpu", "cpu")

@@ -87,7 +87,7 @@ def test_two_process_gloo_with_the_knn_monitor_on_rank_0(tmp_path: Path) -> None
     cfg = TrainConfig(method="byol", method_args=TINY_BYOL_ARGS, epochs=2, batch_size=4, accum_steps=2,
                       warmup_epochs=0, workers=0, log_every=1, image_size=32, seed=0)
     monitor = KnnMonitor(KnnMonitorConfig(train_dir=crops / "train", val_dir=crops / "val", image_size=32))
-    assert Trainer(cfg, build_dataset("byol", index, image_size=32, seed=0), single_out, knn_monitor=monitor).fit().finished
+    assert Trainer(cfg, build_training_dataset("byol", index, image_size=32, seed=0), single_out, knn_monitor=monitor).fit().finished
 
     ddp_rows, single_rows = _rows(ddp_out.parent / "metrics.csv"), _rows(single_out.parent / "metrics.csv")
     assert [r["step"] for r in ddp_rows] == [r["step"] for r in single_rows] == ["0", "1", "2"]

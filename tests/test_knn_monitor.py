@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from orl.bench.feature_classifiers import knn_scores, knn_top1
-from orl.data.datasets import build_dataset
+from orl.methods import build_training_dataset
 from orl.train.knn_monitor import KnnMonitor, KnnMonitorConfig
 from orl.train.trainer import TrainConfig, Trainer
 from train_helpers import TINY_BYOL_ARGS, make_index
@@ -98,7 +98,7 @@ CFG = dict(method="byol", method_args=TINY_BYOL_ARGS, epochs=2, batch_size=4, wa
 
 
 def _train(index, out: Path, monitor: KnnMonitor | None, stop_after: int | None = None) -> object:
-    dataset = build_dataset("byol", index, image_size=32, seed=0)
+    dataset = build_training_dataset("byol", index, image_size=32, seed=0)
 
     def stop_hook(trainer: Trainer, step: int) -> None:
         if stop_after is not None and step == stop_after:

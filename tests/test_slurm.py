@@ -37,7 +37,9 @@ CLUSTER_DEMO = demo_config(
     }
 )
 CLUSTER_TARGETS = ["results/mining/proposals.h5", "results/pretrain/byol/model.pt"]
-CLUSTER_RULES = {"demo_data": 1, "index_images": 1, "proposals": 2, "gather_proposals": 1, "pretrain_byol": 1}
+# bench_crops: the pretraining rules read the labelled demo crops of the online kNN monitor.
+CLUSTER_RULES = {"demo_data": 1, "index_images": 1, "bench_crops": 1, "proposals": 2, "gather_proposals": 1,
+                 "pretrain_byol": 1}
 # Long enough to be stopped mid-run: 16 images / batch 4 = 4 steps per epoch, 16 steps, a checkpoint per epoch;
 # one DataLoader worker, which must ignore the SIGTERM sent to the whole job.
 PREEMPT = demo_config(

@@ -112,10 +112,13 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], pairs: Mapping[int, Mapping[s
     lines = ["| benchmark (metric) | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
     for bench in benches:
         metric = next(c["metric"] for (b, _), c in cells.items() if b == bench)
+        values = [c["mean"] for (b, _), c in cells.items() if b == bench]
+        digits = 3 if max(abs(v) for v in values) < 1 else 1  # detection AP is a fraction
         out = []
         for m in methods:
             c = cells.get((bench, m))
-            out.append("" if c is None else f"{c['mean']:.1f} ± {c['std']:.1f}" if c["n"] > 1 else f"{c['mean']:.1f}")
+            text = "" if c is None else f"{c['mean']:.{digits}f}"
+            out.append(text + (f" ± {c['std']:.{digits}f}" if c is not None and c["n"] > 1 else ""))
         lines.append(f"| {bench} ({metric}) | " + " | ".join(out) + " |")
     if pairs:
         lines += ["", "| seed | pairs on objects: mined / random | same category: mined / random | lift (same category) |",
@@ -142,6 +145,8 @@ def plot_study(
     import matplotlib.pyplot as plt
 
     benches, methods, cells = headline(rows)
+    # Detection AP is a fraction: drawn x100 so its bars are visible next to the percentages.
+    scale = {b: 100.0 if max(abs(c["mean"]) for (bb, _), c in cells.items() if bb == b) < 1 else 1.0 for b in benches}
     fig, (ax_bar, ax_knn) = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [2.2, 1]})
     width = 0.8 / max(1, len(methods))
     for j, method in enumerate(methods):
@@ -150,13 +155,14 @@ def plot_study(
             c = cells.get((bench, method))
             if c is not None:
                 xs.append(i + (j - (len(methods) - 1) / 2) * width)
-                ys.append(c["mean"])
-                es.append(c["std"])
+                ys.append(c["mean"] * scale[bench])
+                es.append(c["std"] * scale[bench])
         hatch = "//" if method == "chance" else None
         ax_bar.bar(xs, ys, width, yerr=es, capsize=2, label=method, hatch=hatch, alpha=0.9)
     ax_bar.set_xticks(range(len(benches)))
-    ax_bar.set_xticklabels([f"{b}\n({next(c['metric'] for (bb, _), c in cells.items() if bb == b)})" for b in benches],
-                           fontsize=8)
+    ax_bar.set_xticklabels(
+        [f"{b}\n({next(c['metric'] for (bb, _), c in cells.items() if bb == b)}{' x100' if scale[b] != 1 else ''})"
+         for b in benches], fontsize=8)
     ax_bar.set_ylabel("score (mean ± std over seeds)")
     ax_bar.legend(fontsize=8, ncol=2)
     ax_bar.set_title("Demo benchmarks")

@@ -1,7 +1,9 @@
-# Figures and the run summary: attention maps (BYOL next to ORL and the baselines), training curves per method.
+# Figures and the run summary: attention maps (random init, BYOL, ORL and the baselines), training curves per method.
 
 FIG = config["figures"]
 ATTENTION_METHODS = PRETRAIN_METHODS + ["orl"]
+# Random init comes first: on the demo its maps already follow the objects, so a method's maps mean little alone.
+RANDOM_BACKBONE = f"{R}/export/random/backbone.pth"
 
 
 def attention_images():
@@ -14,11 +16,12 @@ def attention_images():
 rule plot_attention:
     input:
         models=expand(f"{R}/pretrain/{{method}}/model.pt", method=ATTENTION_METHODS),
+        random=RANDOM_BACKBONE,
         images=DEMO_DIR if DATASET["kind"] == "demo" else INDEX,
     output:
         report(f"{R}/figures/attention.png", caption="../report/attention.rst", category="Figures"),
     params:
-        models=quoted(*(f"{m}={R}/pretrain/{m}/model.pt" for m in ATTENTION_METHODS)),
+        models=quoted(f"random={RANDOM_BACKBONE}", *(f"{m}={R}/pretrain/{m}/model.pt" for m in ATTENTION_METHODS)),
         images=attention_images(),
         num=FIG["attention_num"],
         size=FIG["attention_size"],

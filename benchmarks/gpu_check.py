@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from orl.data.datasets import SeededSampler
 from orl.data.device_augment import PIPELINES, finish_views

@@ -311,3 +311,22 @@ def test_pair_quality_lines(tmp_path: Path) -> None:
     assert "0.400" in both and "0.200" in both and "x2.00" in both  # the exact expectation is the baseline
     same = next(line for line in lines if "same category" in line)
     assert "0.300" in same and "n/a" in same
+
+
+def test_run_summary_keeps_three_decimals_for_fractional_metrics(tmp_path: Path) -> None:
+    """Detection AP is a fraction: a margin of 0.005 must not print as +0.00."""
+    root = tmp_path / "results"
+    (root / "bench").mkdir(parents=True)
+    (root / "bench" / "summary.csv").write_text(
+        "method,benchmark,metric,mean,std,n,settings\n"
+        "orl,detection,bbox/AP,0.009,,1,\n"
+        "random,detection,bbox/AP,0.004,,1,\n"
+        "orl,knn_demo,top1,35.25,,1,\n"
+        "random,knn_demo,top1,30.0,,1,\n"
+    )
+    text = summary.build_summary(root)
+    margins = text[text.index("Margin over random init"):]
+    assert "+0.005" in next(line for line in margins.splitlines() if "detection" in line)
+    assert "+5.25" in next(line for line in margins.splitlines() if "knn_demo" in line)
+    headline = text[text.index("Headline"):text.index("Margin over random init")]
+    assert "0.009" in next(line for line in headline.splitlines() if "detection" in line)

@@ -81,6 +81,12 @@ def _align(table: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
     return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
 
 
+def _digits(rows: Sequence[Mapping[str, Any]], bench: str, metric: str) -> int:
+    """Decimals for one benchmark's metric: 3 when every value is a fraction below 1 (detection AP), else 2."""
+    values = [abs(r["mean"]) for r in rows if r["benchmark"] == bench and r["metric"] == metric and r["mean"] is not None]
+    return 3 if values and max(values) < 1 else 2
+
+
 def benchmark_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """An aligned table: one line per benchmark (its primary metric), one column per method, mean ± std."""
     if not rows:
@@ -95,13 +101,14 @@ def benchmark_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     table = [["benchmark", "metric", *methods]]
     for bench in sorted(metrics):
         metric = primary_metric(metrics[bench])
+        digits = _digits(rows, bench, metric)
         line = [bench, metric]
         for method in methods:
             r = cells.get((method, bench, metric))
             if r is None or r["mean"] is None:
                 line.append("-")
             else:
-                line.append(_fmt(r["mean"], 2) + (f" ± {_fmt(r['std'], 2)}" if r["std"] is not None else ""))
+                line.append(_fmt(r["mean"], digits) + (f" ± {_fmt(r['std'], digits)}" if r["std"] is not None else ""))
         table.append(line)
     return _align(table)
 
@@ -121,10 +128,11 @@ def margin_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         base = cells.get((RANDOM_INIT, bench, metric))
         if base is None:
             continue
+        digits = _digits(rows, bench, metric)
         line = [bench, metric]
         for method in methods:
             value = cells.get((method, bench, metric))
-            line.append("-" if value is None else f"{value - base:+.2f}")
+            line.append("-" if value is None else f"{value - base:+.{digits}f}")
         table.append(line)
     if not methods or len(table) == 1:
         return ["  (no method with a random-init reference to compare against)"]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from orl.viz.curves import KNN, read_metrics
-from orl.viz.summary import method_order, primary_metric, read_summary_rows
+from orl.viz.summary import is_fraction, method_order, primary_metric, read_summary_rows
 
 PAIR_KEYS = ("both_cover_object", "same_category")
 
@@ -81,17 +81,14 @@ def gather_knn_curves(folders: Mapping[int, Path]) -> dict[str, dict[float, list
     return {run: dict(sorted(points.items())) for run, points in curves.items()}
 
 
-def headline(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str], dict[tuple[str, str], Mapping]]:
-    """(benchmarks, methods, {(benchmark, method): row of the benchmark's primary metric})."""
+def headline(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], list[str], dict[tuple[str, str], Mapping]]:
+    """({benchmark: its primary metric} sorted by name, methods, {(benchmark, method): row of that metric})."""
     metrics: dict[str, list[str]] = defaultdict(list)
     for r in rows:
         if r["metric"] not in metrics[r["benchmark"]]:
             metrics[r["benchmark"]].append(r["metric"])
-    benches = sorted(metrics)
-    cells = {}
-    for r in rows:
-        if r["metric"] == primary_metric(metrics[r["benchmark"]]):
-            cells[(r["benchmark"], r["method"])] = r
+    benches = {b: primary_metric(metrics[b]) for b in sorted(metrics)}
+    cells = {(r["benchmark"], r["method"]): r for r in rows if r["metric"] == benches[r["benchmark"]]}
     return benches, method_order([r["method"] for r in rows]), cells
 
 
@@ -110,10 +107,8 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], pairs: Mapping[int, Mapping[s
     """study.md text: the primary metric per benchmark (mean ± std over seeds), then the pair quality per seed."""
     benches, methods, cells = headline(rows)
     lines = ["| benchmark (metric) | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
-    for bench in benches:
-        metric = next(c["metric"] for (b, _), c in cells.items() if b == bench)
-        values = [c["mean"] for (b, _), c in cells.items() if b == bench]
-        digits = 3 if max(abs(v) for v in values) < 1 else 1  # detection AP is a fraction
+    for bench, metric in benches.items():
+        digits = 3 if is_fraction(rows, bench, metric) else 1  # detection AP is a fraction
         out = []
         for m in methods:
             c = cells.get((bench, m))
@@ -146,7 +141,7 @@ def plot_study(
 
     benches, methods, cells = headline(rows)
     # Detection AP is a fraction: drawn x100 so its bars are visible next to the percentages.
-    scale = {b: 100.0 if max(abs(c["mean"]) for (bb, _), c in cells.items() if bb == b) < 1 else 1.0 for b in benches}
+    scale = {b: 100.0 if is_fraction(rows, b, m) else 1.0 for b, m in benches.items()}
     fig, (ax_bar, ax_knn) = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [2.2, 1]})
     width = 0.8 / max(1, len(methods))
     for j, method in enumerate(methods):
@@ -161,8 +156,7 @@ def plot_study(
         ax_bar.bar(xs, ys, width, yerr=es, capsize=2, label=method, hatch=hatch, alpha=0.9)
     ax_bar.set_xticks(range(len(benches)))
     ax_bar.set_xticklabels(
-        [f"{b}\n({next(c['metric'] for (bb, _), c in cells.items() if bb == b)}{' x100' if scale[b] != 1 else ''})"
-         for b in benches], fontsize=8)
+        [f"{b}\n({m}{' x100' if scale[b] != 1 else ''})" for b, m in benches.items()], fontsize=8)
     ax_bar.set_ylabel("score (mean ± std over seeds)")
     ax_bar.legend(fontsize=8, ncol=2)
     ax_bar.set_title("Demo benchmarks")

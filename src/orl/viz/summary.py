@@ -81,10 +81,15 @@ def _align(table: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
     return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
 
 
-def _digits(rows: Sequence[Mapping[str, Any]], bench: str, metric: str) -> int:
-    """Decimals for one benchmark's metric: 3 when every value is a fraction below 1 (detection AP), else 2."""
+def is_fraction(rows: Sequence[Mapping[str, Any]], bench: str, metric: str) -> bool:
+    """True when every value of one benchmark's metric is below 1 in magnitude (detection AP is a fraction)."""
     values = [abs(r["mean"]) for r in rows if r["benchmark"] == bench and r["metric"] == metric and r["mean"] is not None]
-    return 3 if values and max(values) < 1 else 2
+    return bool(values) and max(values) < 1
+
+
+def _digits(rows: Sequence[Mapping[str, Any]], bench: str, metric: str) -> int:
+    """Decimals for one benchmark's metric: 3 for fractions, else 2."""
+    return 3 if is_fraction(rows, bench, metric) else 2
 
 
 def benchmark_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:

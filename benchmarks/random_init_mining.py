@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 import torch
+from study import REPO, config_layer, snakemake_command  # benchmarks/study.py: the same config layers
 
-REPO = Path(__file__).resolve().parents[1]
 BENCHES = ("knn_demo", "linear_demo", "voc07_svm")
 
 
@@ -50,13 +50,10 @@ def main() -> int:
     model = work / "pretrain" / "byol" / "model.pt"
     hparams = torch.load(model, map_location="cpu", weights_only=False)["hparams"]
     random_byol(model, args.seed, hparams)
-    layer = work / "random_init_mining.yaml"
-    layer.write_text(f"results: {str(work)!r}\npretrain: {{seed: {args.seed}}}\n", encoding="utf-8")
+    layer = config_layer(work / "random_init_mining.yaml", work, args.seed)
     targets = [str(work / "mining" / "pair_quality.json")]
     targets += [str(work / "bench" / run / f"{b}.json") for run in args.runs for b in BENCHES]
-    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", str(args.cores), "--configfile",
-           str(REPO / "config.yaml"), str(REPO / "configs" / "study.yaml"), str(layer)]
-    subprocess.run(cmd, check=True, cwd=REPO)
+    subprocess.run(snakemake_command(layer, args.cores, targets), check=True, cwd=REPO)
     quality = json.loads((work / "mining" / "pair_quality.json").read_text(encoding="utf-8"))
     print(json.dumps({k: quality[k] for k in ("mined", "random", "lift_over_random")}, indent=1))
     for run in args.runs:

@@ -21,18 +21,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def seed_config(root: Path, seed: int) -> Path:
-    """The per-seed config layer: its results folder and training seed."""
-    path = root / f"seed{seed}.yaml"
+def config_layer(path: Path, results: Path, seed: int) -> Path:
+    """A config layer that sets the results folder and the training seed (the last --configfile wins)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"results: {str(root / f'seed{seed}')!r}\npretrain: {{seed: {seed}}}\n", encoding="utf-8")
+    path.write_text(f"results: {str(results)!r}\npretrain: {{seed: {seed}}}\n", encoding="utf-8")
     return path
 
 
-def snakemake_command(root: Path, seed: int, cores: int, dry_run: bool) -> list[str]:
-    """The Snakemake call of one seed."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(REPO / "config.yaml"),
-           str(REPO / "configs" / "study.yaml"), str(seed_config(root, seed))]
+def snakemake_command(layer: Path, cores: int, targets: list[str] = (), dry_run: bool = False) -> list[str]:
+    """Snakemake on the demo config, the study's ablations and `layer`, for `targets` (default: everything)."""
+    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores), "--configfile",
+           str(REPO / "config.yaml"), str(REPO / "configs" / "study.yaml"), str(layer)]
     return cmd + (["-n"] if dry_run else [])
 
 
@@ -49,7 +48,8 @@ def main() -> int:
     if not args.gather_only:
         for seed in args.seeds:
             start = time.perf_counter()
-            subprocess.run(snakemake_command(root, seed, args.cores, args.dry_run), check=True, cwd=REPO)
+            layer = config_layer(root / f"seed{seed}.yaml", root / f"seed{seed}", seed)
+            subprocess.run(snakemake_command(layer, args.cores, dry_run=args.dry_run), check=True, cwd=REPO)
             print(f"seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     if args.dry_run:
         return 0

@@ -67,11 +67,12 @@ def _warning_printer(name: str):
 
 def check_arguments(name: str, args: argparse.Namespace) -> None:
     """Refuse, before any work, an --out that is a folder and counts that cannot be right (threads 0, memory -1)."""
-    out = getattr(args, "out", None)
-    outs = out if isinstance(out, (list, tuple)) else [] if out is None else [out]  # bench-semi: one per percent
-    for path in outs if name not in FOLDER_OUTPUTS else []:
-        if os.path.isdir(path):
-            raise ValueError(f"--out {path} is a folder; give the path of the file to write")
+    from orl.locks import output_paths
+
+    if name not in FOLDER_OUTPUTS:
+        for path in output_paths(getattr(args, "out", None)):
+            if path.is_dir():
+                raise ValueError(f"--out {path} is a folder; give the path of the file to write")
     for flag in ("threads", "memory_gb", "cache_gb"):
         value = getattr(args, flag, None)
         if value is not None and value <= 0:

@@ -58,12 +58,17 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)  # releases the flock
 
 
+def output_paths(value: object) -> list[Path]:
+    """An output flag's value as paths: none, one, or several (bench-semi writes one result per percent)."""
+    if value is None or value == "":
+        return []
+    return [Path(v) for v in value] if isinstance(value, (list, tuple)) else [Path(value)]
+
+
 def stage_output(args: object) -> Path | None:
     """The output a stage's parsed arguments name (--out, --out-dir or --out-csv; the first of several), if any."""
     for name in ("out", "out_dir", "out_csv"):
-        value = getattr(args, name, None)
-        if isinstance(value, (list, tuple)):  # e.g. bench-semi writes one result per percent
-            value = value[0] if value else None
-        if value:
-            return Path(value)
+        paths = output_paths(getattr(args, name, None))
+        if paths:
+            return paths[0]
     return None

@@ -367,7 +367,7 @@ def _try_place(
     if any(p.visible - int(n) < p.keep for p, n in zip(placed, stolen)):
         return False
 
-    c1, c2 = _instance_colours(rng, base, world.saturation)
+    c1, c2 = _instance_colours(rng, base, world.saturation)  # drawn even with fixed tones: same random stream
     if world.tones is not None:
         c1, c2 = np.full(3, world.tones[0]), np.full(3, world.tones[1])
     t = _texture(texture_name if world.textured else "solid", rng, a[crop], b[crop], scale)[..., None]

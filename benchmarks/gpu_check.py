@@ -1,9 +1,10 @@
 """The GPU check's measurements (run by benchmarks/gpu_check.sh): one part per GPU path, one JSON object in the end.
 
 Parts: `train` (BYOL and ORL images/s, model only on synthetic tensors and with the real loader in both input
-pipelines, peak GPU memory), `ddp` (a one-process torchrun run: NCCL + SyncBN on a GPU, gloo on CPU), `knn` (exact
-kNN, faiss against orl's torch route: time and identical neighbours), `maskrcnn` (torchvision Mask R-CNN R50-FPN
-training iterations/s on synthetic targets). Missing optional packages skip their part with a line saying so; all
+pipelines, the device one with JPEGs decoded in the workers and on the device, peak GPU memory), `ddp` (a
+one-process torchrun run: NCCL + SyncBN on a GPU, gloo on CPU), `knn` (exact kNN, faiss against orl's torch route:
+time and identical neighbours), `roi_embed` (RoI-embedding crops/s in fp32 and bf16 and the overlap of the top-T
+pairs mined from each), `maskrcnn` (torchvision Mask R-CNN R50-FPN training iterations/s on synthetic targets). Missing optional packages skip their part with a line saying so; all
 data is synthetic. --smoke: tiny sizes on whatever device there is (the test runs it on CPU).
 """
 
@@ -24,15 +25,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from orl.data.datasets import SeededSampler
-from orl.data.device_augment import PIPELINES, finish_views
+from orl.data.device_augment import collate_samples, finish_views
 from orl.methods import build_method, build_training_dataset
 from train_throughput import _images, _machine, _synthetic_correspondence
 
 FULL = {"arch": "resnet50", "size": 224, "roi": 96, "batch": 64, "steps": 20, "images": 256, "knn_n": 118_287,
-        "knn_d": 256, "det_size": 800, "det_steps": 10, "heads": {}}
+        "knn_d": 256, "det_size": 800, "det_steps": 10, "heads": {},
+        "roi_images": 64, "roi_boxes": 32, "roi_crop": 224, "roi_k": 10}
 SMOKE = {"arch": "resnet18", "size": 32, "roi": 16, "batch": 4, "steps": 2, "images": 8, "knn_n": 2000,
          "knn_d": 32, "det_size": 128, "det_steps": 1,
-         "heads": {"proj_hidden": 64, "proj_dim": 32, "pred_hidden": 64}}
+         "heads": {"proj_hidden": 64, "proj_dim": 32, "pred_hidden": 64},
+         "roi_images": 6, "roi_boxes": 4, "roi_crop": 32, "roi_k": 2}
+# (pipeline, decode) pairs the train part feeds from the real loader.
+LOADERS = (("cpu", "worker"), ("device", "worker"), ("device", "device"))
 
 
 def _sync(dev: torch.device) -> None:
@@ -97,14 +102,17 @@ def part_train(s: dict, dev: torch.device, workers: int) -> dict:
             res = {"model_only_images_per_s": round(_timed(step, [synth] * (s["steps"] + 1), dev), 1),
                    "model_only_peak_mb": _peak_mb(dev)}
             extra = {"correspondence": corr, "roi_size": s["roi"]} if method == "orl" else {}
-            for pipeline in PIPELINES:
-                ds = build_training_dataset(method, index, image_size=s["size"], pipeline=pipeline, **extra)
+            for pipeline, decode in LOADERS:
+                ds = build_training_dataset(method, index, image_size=s["size"], pipeline=pipeline, decode=decode,
+                                            **extra)
                 sampler = SeededSampler(len(ds), s["batch"])
                 loader = DataLoader(ds, batch_size=s["batch"], sampler=sampler, num_workers=workers,
-                                    pin_memory=dev.type == "cuda", persistent_workers=False)
+                                    collate_fn=collate_samples, pin_memory=dev.type == "cuda",
+                                    persistent_workers=False)
                 batches = (finish_views(b, dev) for _ in range(1000) for b in loader)
                 limited = (b for _, b in zip(range(s["steps"] + 1), batches))
-                res[f"loader_{pipeline}_images_per_s"] = round(_timed(step, limited, dev), 1)
+                name = pipeline if decode == "worker" else f"{pipeline}_{decode}_decode"
+                res[f"loader_{name}_images_per_s"] = round(_timed(step, limited, dev), 1)
             out[method] = res
     return out
 
@@ -150,6 +158,48 @@ def part_knn(s: dict, dev: torch.device) -> dict:
     return out
 
 
+def part_roi_embed(s: dict, dev: torch.device) -> dict:
+    """Stage-2 RoI embedding (crop mode) in fp32 and bf16: crops/s, and how many mined top-T pairs bf16 keeps.
+
+    Random-init backbone (eval mode) over synthetic smooth images and random boxes; each image's neighbours are the
+    next roi_k images. Pair overlap = |top-T pairs(fp32) & top-T pairs(bf16)| / T per (image, neighbour), T = 10 %.
+    """
+    from orl.mining.correspondence import mine_query
+    from orl.mining.roi_embed import RoiEmbedder, crop_rois
+    from PIL import Image
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    backbone = build_method("byol", arch=s["arch"], **s["heads"]).online_backbone()
+    crops = []
+    for _ in range(s["roi_images"]):
+        img = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((640, 480), Image.BILINEAR)
+        wh = rng.integers(32, 320, (s["roi_boxes"], 2))
+        xy = rng.random((s["roi_boxes"], 2)) * ([640, 480] - wh)
+        crops.append(torch.from_numpy(crop_rois(img, np.concatenate([xy.astype(int), wh], axis=1), s["roi_crop"])))
+    out: dict[str, Any] = {"crops": s["roi_images"] * s["roi_boxes"], "crop_size": s["roi_crop"]}
+    emb = {}
+    for precision in ("fp32", "bf16"):
+        embedder = RoiEmbedder(backbone, device=dev, batch_size=min(256, s["roi_boxes"] * 8), precision=precision)
+        embedder.embed_crops(crops[0])  # warm-up
+        _sync(dev)
+        t0 = time.perf_counter()
+        emb[precision] = [embedder.embed_crops(c) for c in crops]
+        _sync(dev)
+        out[f"{precision}_crops_per_s"] = round(out["crops"] / (time.perf_counter() - t0), 1)
+    overlaps = []
+    n, k = s["roi_images"], s["roi_k"]
+    for q in range(n):
+        neigh = [(q + 1 + j) % n for j in range(k)]
+        mined = {p: mine_query(emb[p][q], [emb[p][j] for j in neigh], 0.1) for p in emb}
+        for (a, _), (b, _) in zip(mined["fp32"], mined["bf16"]):
+            overlaps.append(len(set(map(tuple, a.tolist())) & set(map(tuple, b.tolist()))) / len(a))
+    out["top_t_pair_overlap"] = round(float(np.mean(overlaps)), 4)
+    if dev.type != "cuda":
+        out["note"] = "CPU: RoiEmbedder autocasts only on CUDA, so bf16 equals fp32 here"
+    return out
+
+
 def part_maskrcnn(s: dict, dev: torch.device) -> dict:
     """torchvision Mask R-CNN R50-FPN training iterations/s at det_size on synthetic images and targets."""
     from torchvision.models.detection import maskrcnn_resnet50_fpn
@@ -183,7 +233,7 @@ def part_maskrcnn(s: dict, dev: torch.device) -> dict:
             "peak_mb": _peak_mb(dev)}
 
 
-PARTS = {"train": part_train, "ddp": part_ddp, "knn": part_knn, "maskrcnn": part_maskrcnn}
+PARTS = {"train": part_train, "ddp": part_ddp, "knn": part_knn, "roi_embed": part_roi_embed, "maskrcnn": part_maskrcnn}
 
 
 def main() -> None:

@@ -1,15 +1,16 @@
 """CPU and device cost per training sample of the two input pipelines (cpu, device) for each method.
 
 cpu_ms_per_image: CPU time (time.process_time, one torch thread) of building one training sample in this process,
-exactly what one DataLoader worker does (decode, crops, and for `cpu` every augmentation; ORL: also the neighbour
-image and the four RoI patches), averaged over --images samples after one warm-up sample.
+exactly what one DataLoader worker does, averaged over --images samples after one warm-up sample. `cpu`: decode,
+crops, resizes and every augmentation (ORL: also the neighbour image and the four RoI patches). `device`: decode
+(or, with decode "device", only read the JPEG and its header) and draw the parameters.
 device_ms_per_image: wall time per sample of finish_views on the training device (CUDA when available, else this
-CPU) over batches of --batch-size collated samples: the photometric ops of the `device` pipeline; for `cpu` only
-the transfer. Images: the first --images photos of ../shared/data/coco128 when present, else synthetic 640x480
+CPU) over batches of --batch-size collated samples: for `device` the crops, resizes, flips and photometric ops
+(and the JPEG decoding with decode "device"); for `cpu` only the transfer. Images: the first --images photos of ../shared/data/coco128 when present, else synthetic 640x480
 JPEGs; ORL reads a synthetic correspondence artifact (random boxes, neighbours, pairs).
 
-One JSON line per (method, pipeline) with method, pipeline, cpu_ms_per_image, device_ms_per_image, and
-cores_for_1500_per_s (cores one GPU needs to receive 1,500 samples/s), then a table.
+One JSON line per (method, pipeline, decode) with method, pipeline, decode, cpu_ms_per_image, device_ms_per_image,
+and cores_for_1500_per_s (cores one GPU needs to receive 1,500 samples/s), then a table.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/input_pipeline.py --images 32
 """
@@ -23,13 +24,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import default_collate
-
-from orl.data.device_augment import PIPELINES, finish_views
+from orl.data.device_augment import collate_samples, finish_views
 from orl.methods import build_training_dataset
 from train_throughput import _images, _machine, _synthetic_correspondence
 
 TARGET_PER_S = 1500  # the issue's goal per GPU for BYOL
+VARIANTS = (("cpu", "worker"), ("device", "worker"), ("device", "device"))  # (pipeline, where JPEGs are decoded)
 
 
 def cpu_ms_per_sample(dataset, n: int) -> tuple[float, list[dict]]:
@@ -44,7 +44,7 @@ def cpu_ms_per_sample(dataset, n: int) -> tuple[float, list[dict]]:
 
 def device_ms_per_sample(samples: list[dict], batch_size: int, device: torch.device, repeats: int = 3) -> float:
     """Best-of-`repeats` wall ms per sample of finish_views (+ transfer) over the collated batches."""
-    batches = [default_collate(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
+    batches = [collate_samples(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
 
     def sync() -> None:
         if device.type == "cuda":
@@ -84,24 +84,26 @@ def main() -> None:
         corr = _synthetic_correspondence(index, Path(tmp) / "correspondence.h5")
         for method in args.methods:
             extra = {"correspondence": corr, "roi_size": args.roi_size} if method == "orl" else {}
-            for pipeline in PIPELINES:
-                ds = build_training_dataset(method, index, image_size=args.image_size, pipeline=pipeline, **extra)
+            for pipeline, decode in VARIANTS:
+                ds = build_training_dataset(method, index, image_size=args.image_size, pipeline=pipeline,
+                                            decode=decode, **extra)
                 cpu_ms, samples = cpu_ms_per_sample(ds, len(index))
                 dev_ms = device_ms_per_sample(samples, args.batch_size, device)
-                row = {"method": method, "pipeline": pipeline, "cpu_ms_per_image": round(cpu_ms, 2),
+                row = {"method": method, "pipeline": pipeline, "decode": decode, "cpu_ms_per_image": round(cpu_ms, 2),
                        "device_ms_per_image": round(dev_ms, 3),
                        "cores_for_1500_per_s": round(TARGET_PER_S * cpu_ms / 1000, 1),
                        "image_size": args.image_size, "images": len(index), "device": str(device)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(f"\n{_machine(device)}; {args.images} images at {args.image_size} px, batch {args.batch_size}")
-    print("| method | pipeline | CPU ms / sample | device ms / sample | cores per GPU at 1,500/s | cpu / device CPU cost |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| method | pipeline | decode | CPU ms / sample | device ms / sample | cores per GPU at 1,500/s | "
+          "CPU cost vs cpu |")
+    print("|---|---|---|---:|---:|---:|---:|")
     by = {(r["method"], r["pipeline"]): r for r in rows}
     for r in rows:
         ratio = by[r["method"], "cpu"]["cpu_ms_per_image"] / max(r["cpu_ms_per_image"], 1e-9)
-        print(f"| {r['method']} | {r['pipeline']} | {r['cpu_ms_per_image']:.1f} | {r['device_ms_per_image']:.2f} | "
-              f"{r['cores_for_1500_per_s']:.0f} | {ratio:.1f}x |")
+        print(f"| {r['method']} | {r['pipeline']} | {r['decode']} | {r['cpu_ms_per_image']:.1f} | "
+              f"{r['device_ms_per_image']:.2f} | {r['cores_for_1500_per_s']:.1f} | 1/{ratio:.1f} |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The device input pipeline: per-op agreement with PIL / torchvision, same parameters as the cpu pipeline, the
-parameter distributions of every view recipe, the datasets' device output and finish_views.
+parameter distributions of every view recipe, the datasets' device output, decoding and finish_views.
 
 Tolerances (8-bit levels, images in [0, 255]) against the cpu pipeline's PIL ops, for the same parameters:
+crop + resize (antialiased bilinear) within 1 at worst and 0.4 on average (PIL rounds to 8 bits, we do not);
 brightness, contrast, saturation within 1.5 at worst and 0.6 on average (PIL truncates its 8-bit blends, which
 shows as a +0.4 level mean offset); hue within 16 at worst and 1.5 on average (PIL rotates the hue in 8-bit HSV);
 grayscale within 1 (PIL rounds the luma); solarize exact on 8-bit input; blur within 0.5 of the cpu pipeline's
@@ -20,6 +21,9 @@ from PIL import Image
 from scipy import stats
 from torch.utils.data import default_collate
 from torchvision.transforms.v2 import functional as TF
+
+from orl.data import device_decode
+from orl.data.images import ImageReadError, open_rgb
 
 from orl.data import augment as A
 from orl.data import device_augment as D
@@ -85,6 +89,38 @@ def test_grayscale_solarize_blur_match_the_cpu_pipeline() -> None:
         assert (ours - A.gaussian_blur(u8, torch.tensor([sigma])).float()).abs().max() <= 0.5 + 1e-3
 
 
+def _pixels(raw: D.RawView, img: Image.Image) -> torch.Tensor:
+    """The device side's crop + resize + flip of one worker view of `img`: float (1, 3, S, S) in [0, 1]."""
+    return D.crop_resize_flip([[TF.pil_to_tensor(img)]], raw.geo[None])
+
+
+def test_crop_resize_matches_pil() -> None:
+    img = _photo_image(60, seed=1).resize((80, 60), Image.BILINEAR)
+    for x, y, w, h, side in [(3, 5, 50, 40, 32), (0, 0, 80, 60, 96), (10, 7, 33, 21, 16), (0, 0, 60, 60, 224)]:
+        ref = TF.pil_to_tensor(img.crop((x, y, x + w, y + h)).resize((side, side), Image.BILINEAR)).float()
+        for flip in (False, True):
+            raw = D.RawView(D.geometry_row(0, (x, y, w, h), flip, side), torch.zeros(D.PHOTO_SIZE))
+            d = (_levels(_pixels(raw, img)) - (ref.flip(-1) if flip else ref)).abs()
+            assert d.max() <= 1.0 + 1e-3 and d.mean() <= 0.4, ((x, y, w, h, side), d.max(), d.mean())
+
+
+def test_crops_outside_the_image_are_zero_padded_as_pil() -> None:
+    img = _photo_image(40)
+    t = TF.pil_to_tensor(img)
+    for x, y, w, h in [(-5, -3, 20, 20), (30, 30, 20, 15), (50, 50, 5, 5)]:
+        ref = TF.pil_to_tensor(img.crop((x, y, x + w, y + h)))
+        assert torch.equal(D.padded_crop(t, x, y, w, h), ref), (x, y, w, h)
+
+
+def test_geometry_rows_are_checked() -> None:
+    images = [[torch.zeros(3, 8, 8, dtype=torch.uint8)]] * 2
+    rows = torch.stack([D.geometry_row(0, (0, 0, 8, 8), False, 4), D.geometry_row(0, (0, 0, 8, 8), False, 5)])
+    with pytest.raises(ValueError, match="share their side"):
+        D.crop_resize_flip(images, rows)
+    with pytest.raises(ValueError, match="geometry rows"):
+        D.crop_resize_flip(images, rows[:1])
+
+
 def _view_pair(recipe: A.ViewRecipe, img: Image.Image, seed: int, size: int = 48):
     torch.manual_seed(seed)
     cpu = A.view_transform(recipe, size)(img)
@@ -104,8 +140,8 @@ def test_same_seed_gives_the_same_parameters_and_nearly_the_same_view(method: st
             cpu, raw, after_cpu, after_device = _view_pair(recipe, img, seed)
             # The worker consumed exactly the cpu pipeline's draws: the streams continue identically.
             assert torch.equal(after_cpu, after_device), (view, seed)
-            assert raw.pixels.dtype == torch.uint8 and raw.pixels.shape == (3, 48, 48)
-            dev = D.photometric(raw.pixels[None], raw.photo[None])[0]
+            assert raw.geo.shape == (D.GEO_SIZE,) and raw.geo[D.SIDE] == 48
+            dev = D.photometric(_pixels(raw, img), raw.photo[None])[0]
             d = (A.denormalize(cpu) - A.denormalize(dev)).abs() * 255
             assert d.mean() < 3.5, (view, seed, d.mean(), raw.photo)
             means.append(float(d.mean()))
@@ -115,12 +151,17 @@ def test_same_seed_gives_the_same_parameters_and_nearly_the_same_view(method: st
 def test_a_changed_parameter_changes_the_view() -> None:
     """The tolerance above tells a wrong parameter apart: flipping one coin moves the view far more."""
     recipe = A.BYOL_VIEWS[1]
-    cpu, raw, _, _ = _view_pair(recipe, _photo_image(80), seed=3)
+    img = _photo_image(80)
+    cpu, raw, _, _ = _view_pair(recipe, img, seed=3)
     for slot in (D.GRAY, D.SOLARIZE):
         photo = raw.photo.clone()
         photo[slot] = 1 - photo[slot]
-        dev = D.photometric(raw.pixels[None], photo[None])[0]
+        dev = D.photometric(_pixels(raw, img), photo[None])[0]
         assert ((A.denormalize(cpu) - A.denormalize(dev)).abs() * 255).mean() > 5
+    geo = raw.geo.clone()
+    geo[D.FLIP] = 1 - geo[D.FLIP]
+    dev = D.photometric(_pixels(D.RawView(geo, raw.photo), img), raw.photo[None])[0]
+    assert ((A.denormalize(cpu) - A.denormalize(dev)).abs() * 255).mean() > 5
 
 
 def _draws(recipe: A.ViewRecipe, n: int) -> torch.Tensor:
@@ -168,13 +209,15 @@ def test_byol_views_have_the_specs_probabilities() -> None:
 
 def test_photometric_applies_each_samples_own_parameters() -> None:
     """A batch of mixed parameters equals the samples one by one (up to the blur kernel sized by the largest sigma)."""
-    raws = []
+    raws, pixels = [], []
     for seed in range(6):
         torch.manual_seed(seed)
-        raws.append(D.DeviceViewTransform(A.BYOL_VIEWS[seed % 2], 32)(_photo_image(60, seed)))
-    batch = D.photometric(torch.stack([r.pixels for r in raws]), torch.stack([r.photo for r in raws]))
+        img = _photo_image(60, seed)
+        raws.append(D.DeviceViewTransform(A.BYOL_VIEWS[seed % 2], 32)(img))
+        pixels.append(_pixels(raws[-1], img))
+    batch = D.photometric(torch.cat(pixels), torch.stack([r.photo for r in raws]))
     for i, r in enumerate(raws):
-        torch.testing.assert_close(batch[i], D.photometric(r.pixels[None], r.photo[None])[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(batch[i], D.photometric(pixels[i], r.photo[None])[0], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="photometric parameters"):
         D.photometric(batch.to(torch.uint8), torch.zeros(6, 3))
 
@@ -185,9 +228,9 @@ def test_two_view_datasets_of_the_device_pipeline(tmp_path: Path) -> None:
         dev = build_training_dataset(name, index, image_size=32, pipeline="device")
         cpu = build_training_dataset(name, index, image_size=32, pipeline="cpu")
         s = dev[(1, 2)]
-        assert set(s) == {"view1", "view1_photo", "view2", "view2_photo", "index"}
-        assert s["view1"].dtype == torch.uint8 and s["view1_photo"].shape == (D.PHOTO_SIZE,)
-        batch = D.finish_views(default_collate([dev[(0, i)] for i in range(4)]), "cpu")
+        assert set(s) == {"images", "image_paths", "view1_geo", "view1_photo", "view2_geo", "view2_photo", "index"}
+        assert s["images"][0].dtype == torch.uint8 and s["view1_photo"].shape == (D.PHOTO_SIZE,)
+        batch = D.finish_views(D.collate_samples([dev[(0, i)] for i in range(4)]), "cpu")
         ref = default_collate([cpu[(0, i)] for i in range(4)])
         assert set(batch) == set(ref)
         for key in ("view1", "view2"):
@@ -204,9 +247,10 @@ def test_orl_dataset_of_the_device_pipeline(tmp_path: Path) -> None:
     cpu = build_dataset("orl", index, method_recipe("orl").views, image_size=32, pipeline="cpu", **kw)
     views = ("view1", "view2", "intra1", "intra2", "inter1", "inter2")
     s = dev[(0, 1)]
-    assert set(s) == {*views, *(v + "_photo" for v in views), "index", "neighbor"}
-    assert s["intra1"].shape == (3, 16, 16) and s["intra1"].dtype == torch.uint8
-    batch = D.finish_views(default_collate([dev[(0, i)] for i in range(4)]), "cpu")
+    assert set(s) == {*(v + "_geo" for v in views), *(v + "_photo" for v in views), "images", "image_paths", "index",
+                      "neighbor"}
+    assert s["intra1_geo"][D.SIDE] == 16 and len(s["images"]) == (1 if s["neighbor"] == 1 else 2)
+    batch = D.finish_views(D.collate_samples([dev[(0, i)] for i in range(4)]), "cpu")
     ref = default_collate([cpu[(0, i)] for i in range(4)])
     assert torch.equal(batch["neighbor"], ref["neighbor"])  # the same RoI draws
     for key in views:
@@ -218,3 +262,65 @@ def test_pipeline_names() -> None:
     assert D.resolve_pipeline("device", "cpu") == "device"
     with pytest.raises(ValueError, match="pipeline"):
         D.resolve_pipeline("gpu", "cpu")
+
+
+def _jpeg(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> Path:
+    img = _photo_image(48, seed=2).resize(size, Image.BILINEAR)
+    (img.convert("L") if mode == "L" else img.convert(mode)).save(path, quality=90)
+    return path
+
+
+def test_worker_decoding_gives_pils_pixels(tmp_path: Path) -> None:
+    """decode_jpeg and PIL are both libjpeg-turbo: identical pixels (also on the 128 coco128 photos, measured)."""
+    files = [_jpeg(tmp_path / "rgb.jpg"), _jpeg(tmp_path / "gray.jpg", "L"), _jpeg(tmp_path / "cmyk.jpg", "CMYK")]
+    _photo_image(20).save(tmp_path / "a.png")
+    for path in [*files, tmp_path / "a.png"]:
+        ref = TF.pil_to_tensor(open_rgb(path))
+        img, pixels = device_decode.load_source(path, "worker")
+        assert img.size == (ref.shape[2], ref.shape[1]) and torch.equal(pixels, ref), path.name
+        img, shipped = device_decode.load_source(path, "device")
+        # Baseline RGB / gray JPEGs travel encoded; CMYK and PNG are decoded in the worker.
+        assert device_decode.is_encoded(shipped) == (path.name in ("rgb.jpg", "gray.jpg")), path.name
+        if device_decode.is_encoded(shipped):
+            assert torch.equal(device_decode.decode_on_device([shipped], [str(path)], "cpu")[0], ref)
+    with pytest.raises(ValueError, match="decode"):
+        device_decode.load_source(files[0], "gpu")
+
+
+def test_a_broken_jpeg_is_named(tmp_path: Path) -> None:
+    good = _jpeg(tmp_path / "good.jpg")
+    bad = tmp_path / "bad.jpg"
+    data = good.read_bytes()
+    bad.write_bytes(data[: len(data) * 6 // 10])
+    with pytest.raises(ImageReadError, match="bad.jpg"):
+        device_decode.load_source(bad, "worker")
+    encoded = [device_decode.load_source(p, "device")[1] for p in (good, bad)]
+    with pytest.raises(ImageReadError, match="bad.jpg"):
+        device_decode.decode_on_device(encoded, [str(good), str(bad)], "cpu")
+
+
+@pytest.mark.parametrize("method", ["byol", "orl"])
+def test_device_decoding_builds_the_same_batch(tmp_path: Path, method: str) -> None:
+    index, _ = make_index(tmp_path, n=4)  # JPEGs
+    kw = dict(correspondence=make_correspondence(index, tmp_path / "corr.h5"), roi_size=16) if method == "orl" else {}
+    batches = []
+    for decode in ("worker", "device"):
+        ds = build_training_dataset(method, index, image_size=32, pipeline="device", decode=decode, **kw)
+        samples = [ds[(0, i)] for i in range(4)]
+        assert all(device_decode.is_encoded(t) == (decode == "device") for s in samples for t in s["images"])
+        batches.append(D.finish_views(D.collate_samples(samples), "cpu"))
+    assert batches[0].keys() == batches[1].keys() and "images" not in batches[0]
+    for key, value in batches[0].items():
+        assert torch.equal(value, batches[1][key]), key
+
+
+def test_collate_keeps_images_of_any_size() -> None:
+    a = {"images": [torch.zeros(3, 4, 5, dtype=torch.uint8)], "image_paths": ["a"], "x": torch.ones(2)}
+    b = {"images": [torch.zeros(3, 6, 2, dtype=torch.uint8)], "image_paths": ["b"], "x": torch.zeros(2)}
+    out = D.collate_samples([a, b])
+    assert [t.shape[1:] for imgs in out["images"] for t in imgs] == [(4, 5), (6, 2)]
+    assert out["image_paths"] == [["a"], ["b"]] and out["x"].shape == (2, 2)
+    plain = [{"view1": torch.ones(3, 2, 2), "index": 0}, {"view1": torch.zeros(3, 2, 2), "index": 1}]
+    ref = default_collate(plain)
+    got = D.collate_samples(plain)
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)

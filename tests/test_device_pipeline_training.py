@@ -20,7 +20,7 @@ from train_helpers import TINY_BYOL_ARGS, TINY_CLI_ARGS, make_index
 
 pytestmark = pytest.mark.slow
 
-CFG = dict(method="byol", method_args=TINY_BYOL_ARGS, epochs=2, batch_size=4, warmup_epochs=0.0, workers=0,
+CFG = dict(method="byol", method_args=TINY_BYOL_ARGS, epochs=2, batch_size=8, warmup_epochs=0.0, workers=0,
            log_every=1, image_size=32, seed=0)
 
 
@@ -46,9 +46,13 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory: pytest.TempPathFactory):
-    """Uninterrupted 4-step BYOL runs, same init: each pipeline, and the cpu one on two more view seeds."""
+    """Uninterrupted 4-step BYOL runs, same init: each pipeline, and the cpu one on two more view seeds.
+
+    Batch 8 rather than 4: with BatchNorm over four 1x1 maps, a one-level change of the pixels moves the loss by
+    0.1-0.3 and the curves decorrelate within two steps (measured), which leaves nothing to compare.
+    """
     tmp = tmp_path_factory.mktemp("pipelines")
-    index, _ = make_index(tmp)
+    index, _ = make_index(tmp, n=16)
     models = {}
     for pipeline, data_seed in (("cpu", 0), ("device", 0), ("cpu", 1), ("cpu", 2)):
         out = tmp / f"{pipeline}{data_seed}" / "model.pt"
@@ -62,8 +66,9 @@ def _losses(model: Path) -> list[float]:
 
 
 def test_byol_loss_curve_is_the_cpu_pipelines_within_noise(straight) -> None:
-    """Noise = how much the curve moves when only the views' seed changes (at 32 px, batch 4, BatchNorm over 4
-    1x1 maps makes it large); the device pipeline's curve must stay within it of the cpu one's."""
+    """Noise = how much the curve moves when only the views' seed changes (large at 32 px, batch 8); the device
+    pipeline's curve must stay within it of the cpu one's. Measured at the first step with a fixed model over 12
+    batches, device - cpu losses average -0.03 (sd 0.11), the same spread as adding 1 level of pixel noise."""
     _, models = straight
     cpu, dev = _losses(models["cpu"]), _losses(models["device"])
     others = [_losses(models["cpu1"]), _losses(models["cpu2"])]
@@ -72,7 +77,7 @@ def test_byol_loss_curve_is_the_cpu_pipelines_within_noise(straight) -> None:
     diff = max(abs(a - b) for a, b in zip(cpu, dev))
     assert 0 < diff <= noise, (diff, noise, cpu, dev, others)
     mean_diff = abs(sum(cpu) - sum(dev)) / len(cpu)
-    assert mean_diff <= max(abs(sum(cpu) - sum(o)) / len(cpu) for o in others) + 0.05
+    assert mean_diff <= max(abs(sum(cpu) - sum(o)) / len(cpu) for o in others) + 0.1
     meta = torch.load(models["device"], weights_only=True)["meta"]
     assert meta["config"]["pipeline"] == "device"
 
@@ -107,7 +112,7 @@ def test_two_process_gloo_with_the_device_pipeline_matches_one_process(tmp_path:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single_out = tmp_path / "single" / "model.pt"
-    assert _train(index, single_out, "device", epochs=1, accum_steps=2).finished
+    assert _train(index, single_out, "device", epochs=1, batch_size=4, accum_steps=2).finished
     ddp_rows, single_rows = _rows(ddp_out.parent / "metrics.csv"), _rows(single_out.parent / "metrics.csv")
     for key in ("loss", "loss_12", "loss_21"):
         assert float(ddp_rows[0][key]) == pytest.approx(float(single_rows[0][key]), abs=1e-6), key
@@ -119,7 +124,7 @@ def test_two_process_gloo_with_the_device_pipeline_matches_one_process(tmp_path:
 def test_orl_loss_curve_is_the_cpu_pipelines_within_noise(tmp_path: Path) -> None:
     index, _ = make_index(tmp_path, n=8)
     corr = make_correspondence(index, tmp_path / "corr.h5")
-    cfg = TrainConfig(**{**CFG, "method": "orl", "method_args": TINY_ORL_ARGS, "epochs": 1})
+    cfg = TrainConfig(**{**CFG, "method": "orl", "method_args": TINY_ORL_ARGS, "epochs": 1, "batch_size": 4})
     losses = {}
     for pipeline, data_seed in (("cpu", 0), ("device", 0), ("cpu", 1), ("cpu", 2)):
         dataset = build_training_dataset("orl", index, image_size=32, seed=data_seed, pipeline=pipeline,
@@ -136,12 +141,12 @@ def test_orl_loss_curve_is_the_cpu_pipelines_within_noise(tmp_path: Path) -> Non
 def test_the_pipeline_setting_reaches_every_pretraining_rule(tmp_path: Path) -> None:
     from workflow_helpers import check, demo_config, snakemake
 
-    config = demo_config({"pretrain": {"pipeline": "device", "methods": {"orl": {"pipeline": "cpu"}}}})
+    config = demo_config({"pretrain": {"pipeline": "device", "decode": "device", "methods": {"orl": {"pipeline": "cpu"}}}})
     out = check(snakemake(tmp_path, "-n", "-p", "--cores", "2", config=config))
     lines = [line for line in (out.stdout + out.stderr).splitlines() if " pretrain --method " in line]
     byol = [line for line in lines if "--method byol" in line]
     orl = [line for line in lines if "--method orl" in line]
-    assert byol and orl and all("--pipeline device" in line for line in byol)
+    assert byol and orl and all("--pipeline device --decode device" in line for line in byol)
     assert all("--pipeline cpu" in line for line in orl)
     default = check(snakemake(tmp_path, "-n", "-p", "--cores", "2"))
-    assert "--pipeline auto" in default.stdout + default.stderr
+    assert "--pipeline auto --decode worker" in default.stdout + default.stderr

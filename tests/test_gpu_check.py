@@ -26,9 +26,13 @@ def test_gpu_check_cpu_smoke(repo: Path, tmp_path: Path) -> None:
     assert report["smoke"] and report["machine"]
     for method in ("byol", "orl"):
         r = report["train"][method]
-        assert min(r["model_only_images_per_s"], r["loader_cpu_images_per_s"], r["loader_device_images_per_s"]) > 0
+        assert min(r["model_only_images_per_s"], r["loader_cpu_images_per_s"], r["loader_device_images_per_s"],
+                   r["loader_device_device_decode_images_per_s"]) > 0
     assert report["ddp"]["ok"] and report["ddp"]["backend"] == "gloo"
     assert report["knn"]["torch_seconds"] >= 0
     assert "identical_neighbours" not in report["knn"] or report["knn"]["identical_neighbours"] == 1.0
+    roi = report["roi_embed"]
+    assert min(roi["fp32_crops_per_s"], roi["bf16_crops_per_s"]) > 0
+    assert roi["top_t_pair_overlap"] == 1.0  # CPU: no autocast, the same numbers twice
     assert report["maskrcnn"].get("iterations_per_s", 0) > 0 or "skipped" in report["maskrcnn"]
     assert "| train |" in proc.stdout

@@ -102,6 +102,7 @@ for _method in PRETRAIN_METHODS + ORL_RUNS:
             warmup_epochs=optional_number("--warmup-epochs", _method, "warmup_epochs"),
             workers=pretrain_setting(_method, "workers"),
             pipeline=pretrain_setting(_method, "pipeline"),
+            decode=pretrain_setting(_method, "decode"),
             checkpoint_every=pretrain_setting(_method, "checkpoint_every"),
             seed=pretrain_setting(_method, "seed"),
             precision=pretrain_setting(_method, "precision"),
@@ -127,6 +128,7 @@ for _method in PRETRAIN_METHODS + ORL_RUNS:
             " --arch {params.arch} --epochs {params.epochs} --batch-size {params.batch_size}"
             " --accum-steps {params.accum_steps} --image-size {params.image_size} {params.lr} {params.base_batch}"
             " {params.weight_decay} {params.warmup_epochs} --workers {params.workers} --pipeline {params.pipeline}"
+            " --decode {params.decode}"
             " --threads {params.per_process_threads} --checkpoint-every {params.checkpoint_every}"
             " --seed {params.seed} --precision {params.precision} {params.orl_inputs} {params.method_args}"
             " {params.knn_monitor} > {log:q} 2>&1"

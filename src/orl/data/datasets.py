@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from orl.data.augment import Transform, ViewRecipe, two_view_transforms
-from orl.data.device_augment import DeviceViewTransform, resolve_pipeline, view_entries
+from orl.data.device_augment import IMAGES_KEY, PATHS_KEY, DeviceViewTransform, resolve_pipeline, view_entries
+from orl.data.device_decode import check_decode, load_source
 from orl.data.image_index import ImageIndex
 from orl.data.images import open_rgb
 
@@ -54,8 +55,10 @@ class SeededDataset(Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"image index {i} out of range for {len(self)} images")
         # fork_rng keeps the caller's RNG stream untouched (matters when workers=0 and we run in the main process).
+        # Only the CPU generator is seeded (augmentations draw nothing else): torch.manual_seed would also reseed
+        # the training process's CUDA generators, outside fork_rng's reach, and costs 0.4 ms per sample.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, i))
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, i))
             return self.sample(i)
 
     def sample(self, i: int) -> dict[str, Any]:
@@ -66,18 +69,27 @@ class SeededDataset(Dataset):
 class TwoViewDataset(SeededDataset):
     """Two augmented views of each whole image: {"view1", "view2", "index"} (BYOL, MoCo v2, SimCLR).
 
-    With the device pipeline's transforms the views are uint8 and come with "view1_photo" / "view2_photo"
-    parameter rows (orl.data.device_augment).
+    With the device pipeline (`decode` set, DeviceViewTransform transforms) a sample is instead the image under
+    "images" (decoded in the worker or still JPEG bytes, per `decode`) with each view's geometry and photometric
+    rows (orl.data.device_augment).
     """
 
-    def __init__(self, index: ImageIndex, transform1: Transform, transform2: Transform, seed: int = 0) -> None:
+    def __init__(
+        self, index: ImageIndex, transform1: Transform, transform2: Transform, seed: int = 0, decode: str | None = None
+    ) -> None:
         super().__init__(index, seed)
         self.transform1, self.transform2 = transform1, transform2
+        self.decode = None if decode is None else check_decode(decode)
 
     def sample(self, i: int) -> dict[str, Any]:
-        """Decode image i and apply the two view transforms."""
-        img = open_rgb(self.index.path(i))
-        return {**view_entries("view1", self.transform1(img)), **view_entries("view2", self.transform2(img)), "index": i}
+        """Decode image i and apply the two view transforms (device pipeline: draw them)."""
+        path = self.index.path(i)
+        if self.decode is None:
+            img = open_rgb(path)
+            return {"view1": self.transform1(img), "view2": self.transform2(img), "index": i}
+        img, pixels = load_source(path, self.decode)
+        views = {**view_entries("view1", self.transform1(img)), **view_entries("view2", self.transform2(img))}
+        return {IMAGES_KEY: [pixels], PATHS_KEY: [str(path)], **views, "index": i}
 
 
 class SeededSampler(Sampler[SampleKey]):
@@ -147,14 +159,14 @@ Views = tuple[ViewRecipe, ViewRecipe]
 
 
 def two_view_dataset(
-    index: ImageIndex, views: Views, image_size: int = 224, seed: int = 0, pipeline: str = "cpu", **_: Any
+    index: ImageIndex, views: Views, image_size: int = 224, seed: int = 0, pipeline: str = "cpu",
+    decode: str = "worker", **_: Any,
 ) -> TwoViewDataset:
     """Two views of each image at `image_size` with the method's (view 1, view 2) recipes, in `pipeline`'s split."""
     if resolve_pipeline(pipeline, "cpu") == "device":
         t1, t2 = (DeviceViewTransform(v, image_size) for v in views)
-    else:
-        t1, t2 = two_view_transforms(image_size, views)
-    return TwoViewDataset(index, t1, t2, seed=seed)
+        return TwoViewDataset(index, t1, t2, seed=seed, decode=decode)
+    return TwoViewDataset(index, *two_view_transforms(image_size, views), seed=seed)
 
 
 DATASETS: dict[str, DatasetFactory] = {"byol": two_view_dataset, "moco_v2": two_view_dataset, "simclr": two_view_dataset}
@@ -175,8 +187,9 @@ def build_dataset(
 ) -> SeededDataset:
     """The training dataset a method needs with its view recipes; extra kwargs (e.g. ORL's artifacts) go to its factory.
 
-    pipeline "cpu": workers return finished float views; "device": uint8 views + photometric parameters, finished
-    on the training device by orl.data.device_augment.finish_views.
+    pipeline "cpu": workers return finished float views; "device": whole uint8 images (or JPEG bytes, with
+    decode="device") + each view's geometry and photometric parameters, finished on the training device by
+    orl.data.device_augment.finish_views (batches collated by orl.data.device_augment.collate_samples).
 
     Callers normally use orl.methods.build_training_dataset, which passes the method's own recipe.
     """

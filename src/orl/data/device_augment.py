@@ -1,16 +1,18 @@
-"""The `device` input pipeline: workers crop and flip, the training device applies the photometric ops in batches.
+"""The `device` input pipeline: workers decode and draw, the training device crops, resizes and augments in batches.
 
-Worker side (`DeviceViewTransform`, `DevicePatchTransform`): decode, RandomResizedCrop + resize (or the RoI crop +
-resize done by the ORL dataset), horizontal flip, all on the PIL image as in the `cpu` pipeline, then a uint8
-(3, S, S) tensor plus the view's photometric parameters (`draw_photometric`). The parameters are drawn from the
-per-sample torch RNG in exactly the order and number the cpu pipeline's transforms consume it (RandomApply coin,
-ColorJitter's randperm and four factors, grayscale coin, blur coin + sigma, solarize coin), so for the same
-(seed, epoch, image) both pipelines use the same crop and the same parameters, and resume stays exact.
+Worker side (`DeviceViewTransform`, `DevicePatchTransform`): the sample's images go out whole, as uint8 (3, H, W)
+(or as JPEG bytes, orl.data.device_decode), under the "images" key; each view gets a geometry row (which image,
+the crop box, the flip, the output side) and a photometric row. Both are drawn from the per-sample torch RNG in
+exactly the order and number the cpu pipeline's transforms consume it (RandomResizedCrop's make_params, the flip
+coin, the RandomApply coin, ColorJitter's randperm and four factors, grayscale coin, blur coin + sigma, solarize
+coin), so for the same (seed, epoch, image) both pipelines use the same crops and parameters, and resume stays
+exact. The worker thus only decodes (or just reads) the files: no resize, no pixel work.
 
-Device side (`finish_views`): each uint8 view with a `<key>_photo` parameter row becomes a normalised float view:
-colour jitter in each sample's own order of the four factors, grayscale, separable Gaussian blur (replicate
-padding, untruncated, as PIL), solarize, ImageNet normalisation; float32 in [0, 1] throughout (no 8-bit rounding
-between ops). Plain torch ops: the same code runs on CPU tensors (tested) and on CUDA.
+Device side (`finish_views`): each view is cropped from its image (zero padding outside it, as PIL's crop),
+resized with antialiased bilinear interpolation (torch's PIL-like filter) and flipped, then colour jitter in each
+sample's own order of the four factors, grayscale, separable Gaussian blur (replicate padding, untruncated, as
+PIL), solarize and ImageNet normalisation; float32 in [0, 1] throughout (no 8-bit rounding between ops). Plain
+torch ops: the same code runs on CPU tensors (tested) and on CUDA.
 """
 
 from __future__ import annotations
@@ -19,14 +21,24 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
-from orl.data.augment import (IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD, ViewRecipe, _to_pil,
-                              blur_kernel_size, gaussian_blur)
+from orl.data.augment import IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD, ViewRecipe, blur_kernel_size, gaussian_blur
+from orl.data.device_decode import decode_on_device, is_encoded
 
 PIPELINES = ("cpu", "device")
 PHOTO_SUFFIX = "_photo"
+GEO_SUFFIX = "_geo"
+IMAGES_KEY = "images"  # per sample: its images, uint8 (3, H, W) or JPEG bytes (orl.data.device_decode)
+PATHS_KEY = "image_paths"  # per sample: the files of those images, to name a file that fails to decode
+RAGGED_KEYS = (IMAGES_KEY, PATHS_KEY)
+
+# Layout of one geometry row (int64).
+SOURCE, LEFT, TOP, WIDTH, HEIGHT, FLIP, SIDE = range(7)
+GEO_SIZE = 7
 
 # Layout of one parameter row (float32). Neutral values where a step is off: the op is then the identity.
 JITTER, ORDER, BRIGHTNESS, CONTRAST, SATURATION, HUE, GRAY, BLUR, SIGMA, SOLARIZE = 0, 1, 5, 6, 7, 8, 9, 10, 11, 12
@@ -38,10 +50,15 @@ LUMA = (0.2989, 0.587, 0.114)
 
 
 class RawView(NamedTuple):
-    """A worker's output for one view: uint8 (3, S, S) pixels after the geometric ops, and its parameter row."""
+    """A worker's output for one view: its geometry row (GEO_SIZE int64) and its photometric row (PHOTO_SIZE)."""
 
-    pixels: torch.Tensor
+    geo: torch.Tensor
     photo: torch.Tensor
+
+
+def geometry_row(source: int, box: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
+    """One view's geometry: image `source` of the sample, crop box (x, y, w, h), flip, output side."""
+    return torch.tensor([source, *box, int(flip), size], dtype=torch.int64)
 
 
 def jitter_ranges(recipe: ViewRecipe) -> list[tuple[float, float] | None]:
@@ -73,44 +90,53 @@ def draw_photometric(recipe: ViewRecipe) -> torch.Tensor:
     return p
 
 
-def _pil_to_uint8(img: Image.Image) -> torch.Tensor:
-    return v2.functional.pil_to_tensor(img)
+def _draw_flip() -> bool:
+    # v2.RandomHorizontalFlip(p=0.5) flips unless torch.rand(1) >= 0.5.
+    return bool(torch.rand(1) < 0.5)
 
 
 class DeviceViewTransform:
-    """Worker half of one view: PIL image -> RawView (RandomResizedCrop + resize + flip, then the parameters)."""
+    """Worker half of one view: draws RandomResizedCrop's box, the flip and the photometric parameters."""
 
     def __init__(self, recipe: ViewRecipe, size: int = 224) -> None:
-        self.recipe = recipe
-        # The same transform objects as the cpu pipeline (orl.data.augment.view_transform), same RNG use.
-        self.geometric = v2.Compose([
-            v2.RandomResizedCrop(size, scale=recipe.crop_scale, ratio=(3 / 4, 4 / 3),
-                                 interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
-            v2.RandomHorizontalFlip(p=0.5),
-        ])
+        self.recipe, self.size = recipe, size
+        # The cpu pipeline's own transform (orl.data.augment.view_transform), used only for its box draw.
+        self.crop = v2.RandomResizedCrop(size, scale=recipe.crop_scale, ratio=(3 / 4, 4 / 3),
+                                         interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
-    def __call__(self, img: Image.Image) -> RawView:
-        pixels = _pil_to_uint8(self.geometric(img))
-        return RawView(pixels, draw_photometric(self.recipe))
+    def __call__(self, img: Image.Image, source: int = 0) -> RawView:
+        """`img` gives only the size: a decoded image or one opened lazily (header read)."""
+        box = self.crop.make_params([img])
+        geo = geometry_row(source, (box["left"], box["top"], box["width"], box["height"]), _draw_flip(), self.size)
+        return RawView(geo, draw_photometric(self.recipe))
 
 
 class DevicePatchTransform:
-    """Worker half of an ORL RoI patch (already cropped + resized): flip, then the parameters."""
+    """Worker half of an ORL RoI patch: the box (drawn by the dataset) resized to `size`, the flip, the parameters."""
 
-    def __init__(self, recipe: ViewRecipe) -> None:
-        self.recipe = recipe
-        self.flip = v2.RandomHorizontalFlip(p=0.5)
+    def __init__(self, recipe: ViewRecipe, size: int) -> None:
+        self.recipe, self.size = recipe, size
 
-    def __call__(self, patch: Any) -> RawView:
-        pixels = _pil_to_uint8(self.flip(_to_pil(patch)))
-        return RawView(pixels, draw_photometric(self.recipe))
+    def __call__(self, box: Any, source: int = 0) -> RawView:
+        """box: (x, y, w, h) in image `source` of the sample."""
+        x, y, w, h = (int(v) for v in box)
+        return RawView(geometry_row(source, (x, y, w, h), _draw_flip(), self.size), draw_photometric(self.recipe))
 
 
 def view_entries(key: str, view: torch.Tensor | RawView) -> dict[str, torch.Tensor]:
-    """The sample-dict entries of one view: {key: tensor} (cpu pipeline) or {key: uint8, key_photo: params}."""
+    """The sample-dict entries of one view: {key: tensor} (cpu pipeline) or {key_geo: row, key_photo: row}."""
     if isinstance(view, RawView):
-        return {key: view.pixels, key + PHOTO_SUFFIX: view.photo}
+        return {key + GEO_SUFFIX: view.geo, key + PHOTO_SUFFIX: view.photo}
     return {key: view}
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """default_collate, except the device pipeline's images (any size) and their paths stay per-sample lists."""
+    ragged = [k for k in RAGGED_KEYS if k in samples[0]]
+    out = default_collate([{k: v for k, v in s.items() if k not in ragged} for s in samples])
+    for k in ragged:
+        out[k] = [s[k] for s in samples]
+    return out
 
 
 # ------------------------------------------------------------------------------------------ batched ops, [0, 1]
@@ -207,11 +233,11 @@ def _apply_subset(x: torch.Tensor, rows: torch.Tensor, op: Any, *args: torch.Ten
 
 
 def photometric(pixels: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) views on any device + (N, PHOTO_SIZE) CPU parameters -> normalised float32 views."""
+    """(N, 3, H, W) views (uint8, or float in [0, 1]) on any device + (N, PHOTO_SIZE) CPU parameters -> normalised."""
     if photo.ndim != 2 or photo.shape != (pixels.shape[0], PHOTO_SIZE):
         raise ValueError(f"expected ({pixels.shape[0]}, {PHOTO_SIZE}) photometric parameters, got {tuple(photo.shape)}")
     photo = photo.cpu()
-    x = pixels.float().div_(255.0)
+    x = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
     jitter = photo[:, JITTER] > 0
     order = photo[:, ORDER : ORDER + 4].long()
     for pos in range(4):
@@ -227,16 +253,72 @@ def photometric(pixels: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
     return normalize(x)
 
 
-def finish_views(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
-    """Move a collated batch's uint8 views to `device` and apply their photometric ops; other entries unchanged.
+def padded_crop(image: torch.Tensor, x: int, y: int, w: int, h: int) -> torch.Tensor:
+    """(C, h, w) crop at (x, y) of a (C, H, W) image, zeros where the box leaves the image (as PIL's crop)."""
+    _, height, width = image.shape
+    if x >= 0 and y >= 0 and x + w <= width and y + h <= height:
+        return image[:, y : y + h, x : x + w]
+    out = image.new_zeros((image.shape[0], h, w))
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+    if x1 > x0 and y1 > y0:
+        out[:, y0 - y : y1 - y, x0 - x : x1 - x] = image[:, y0:y1, x0:x1]
+    return out
 
-    A batch of the cpu pipeline (no `<key>_photo` entries) comes back as it was.
+
+def crop_resize_flip(images: list[list[torch.Tensor]], geo: torch.Tensor) -> torch.Tensor:
+    """The views of a batch from their samples' uint8 images and (N, GEO_SIZE) geometry rows -> float (N, 3, S, S).
+
+    Antialiased bilinear resize (torch's PIL-like filter, half-pixel centres) of each crop, one sample at a time:
+    crops differ in size. Values stay float in [0, 1], unrounded.
+    """
+    rows = geo.cpu().tolist()
+    if geo.ndim != 2 or geo.shape[1] != GEO_SIZE or len(rows) != len(images):
+        raise ValueError(f"expected ({len(images)}, {GEO_SIZE}) geometry rows, got {tuple(geo.shape)}")
+    sides = {r[SIDE] for r in rows}
+    if len(sides) != 1:
+        raise ValueError(f"the views of one key must share their side, got {sorted(sides)}")
+    side = sides.pop()
+    out = torch.empty((len(rows), 3, side, side), device=images[0][0].device)
+    for n, (source, x, y, w, h, flip, _) in enumerate(rows):
+        crop = padded_crop(images[n][source], x, y, w, h).float()
+        view = F.interpolate(crop[None], size=(side, side), mode="bilinear", align_corners=False, antialias=True)[0]
+        out[n] = view.flip(-1) if flip else view
+    return out.div_(255.0).clamp_(0, 1)
+
+
+def device_images(batch: Mapping[str, Any], device: torch.device | str) -> list[list[torch.Tensor]]:
+    """The batch's images as uint8 (3, H, W) on `device`: decoded ones moved there, JPEG bytes decoded there."""
+    per_sample = batch[IMAGES_KEY]
+    paths = batch.get(PATHS_KEY) or [[""] * len(imgs) for imgs in per_sample]
+    flat = [t for imgs in per_sample for t in imgs]
+    flat_paths = [p for ps in paths for p in ps]
+    encoded = [i for i, t in enumerate(flat) if is_encoded(t)]
+    decoded = decode_on_device([flat[i] for i in encoded], [flat_paths[i] for i in encoded], device)
+    for i, t in zip(encoded, decoded):
+        flat[i] = t
+    flat = [t.to(device, non_blocking=True) for t in flat]
+    out, start = [], 0
+    for imgs in per_sample:
+        out.append(flat[start : start + len(imgs)])
+        start += len(imgs)
+    return out
+
+
+def finish_views(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Build a collated device-pipeline batch's views on `device`: crop, resize, flip, photometric ops.
+
+    The images, their paths and the parameter rows are consumed; other entries are unchanged. A batch of the cpu
+    pipeline (no images) comes back as it was.
     """
     out = dict(batch)
-    for key in [k for k in batch if k.endswith(PHOTO_SUFFIX)]:
-        view = key[: -len(PHOTO_SUFFIX)]
-        pixels = out[view].to(device, non_blocking=True)
-        out[view] = photometric(pixels, out.pop(key))
+    if IMAGES_KEY not in batch:
+        return out
+    images = device_images(batch, device)
+    for key in [k for k in batch if k.endswith(GEO_SUFFIX)]:
+        view = key[: -len(GEO_SUFFIX)]
+        out[view] = photometric(crop_resize_flip(images, out.pop(key)), out.pop(view + PHOTO_SUFFIX))
+    for key in RAGGED_KEYS:
+        out.pop(key, None)
     return out
 
 

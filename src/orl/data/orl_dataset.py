@@ -27,7 +27,9 @@ from PIL import Image
 from orl.artifacts import Artifact, ArtifactError, open_artifact
 from orl.data.augment import ViewRecipe, patch_view_transform, two_view_transforms
 from orl.data.datasets import SeededDataset, register_dataset
-from orl.data.device_augment import DevicePatchTransform, DeviceViewTransform, resolve_pipeline, view_entries
+from orl.data.device_augment import (IMAGES_KEY, PATHS_KEY, DevicePatchTransform, DeviceViewTransform,
+                                     resolve_pipeline, view_entries)
+from orl.data.device_decode import check_decode, load_source
 from orl.data.image_index import ImageIndex
 from orl.data.images import open_rgb
 from orl.data.roi_jitter import TRIES, jitter_box
@@ -73,7 +75,11 @@ def check_correspondence(path: str | os.PathLike, index: ImageIndex) -> int:
 
 
 class CorrespondenceReader:
-    """Row reads of the correspondence artifact, opened on first use in the reading process."""
+    """Row reads of the correspondence artifact, opened on first use in the reading process.
+
+    On opening, the CSR offsets and the neighbour table are read into memory (paper scale: about 20 MB per worker)
+    and the value datasets kept as handles, so a sample costs two small HDF5 reads instead of eight lookups.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -83,9 +89,17 @@ class CorrespondenceReader:
     def _artifact(self) -> Artifact:
         # Reopen after a fork too: a handle opened in the parent (e.g. workers=0 earlier) must not be reused.
         if self._art is None or self._pid != os.getpid():
-            self._art = open_artifact(self.path, stage=CORRESPONDENCE_STAGE)
-            self._pid = os.getpid()
+            art = open_artifact(self.path, stage=CORRESPONDENCE_STAGE)
+            self._rows = {name: (art.dataset(f"{name}/offsets")[()], art.dataset(f"{name}/values"))
+                          for name in ("boxes", "pairs")}
+            self._neighbors = art.dataset("neighbors")[()]
+            self._art, self._pid = art, os.getpid()
         return self._art
+
+    def _row(self, name: str, i: int) -> np.ndarray:
+        self._artifact()
+        offsets, values = self._rows[name]
+        return values[offsets[i] : offsets[i + 1]]
 
     @property
     def is_open(self) -> bool:
@@ -94,15 +108,16 @@ class CorrespondenceReader:
 
     def boxes(self, i: int) -> np.ndarray:
         """Kept boxes of image i, (B_i, 4) xywh."""
-        return self._artifact().csr_row("boxes", i).reshape(-1, 4)
+        return self._row("boxes", i).reshape(-1, 4)
 
     def neighbors(self, i: int) -> np.ndarray:
         """The K neighbour indices of image i."""
-        return self._artifact().dataset("neighbors")[i]
+        self._artifact()
+        return self._neighbors[i]
 
     def pairs(self, row: int) -> np.ndarray:
         """Mined pairs of row q * K + j, (T, 8) = (query box, neighbour box)."""
-        return self._artifact().csr_row("pairs", row).reshape(-1, 8)
+        return self._row("pairs", row).reshape(-1, 8)
 
     def close(self) -> None:
         """Close this process's handle, if any."""
@@ -153,6 +168,7 @@ class ORLDataset(SeededDataset):
         seed: int = 0,
         jitter_tries: int = TRIES,
         pipeline: str = "cpu",
+        decode: str = "worker",
     ) -> None:
         super().__init__(index, seed)
         if roi_size < 1:
@@ -161,9 +177,11 @@ class ORLDataset(SeededDataset):
         self.k = check_correspondence(self.correspondence, index)
         self.reader = CorrespondenceReader(self.correspondence)
         self.image_size, self.roi_size, self.jitter_tries = image_size, roi_size, jitter_tries
-        if resolve_pipeline(pipeline, "cpu") == "device":  # uint8 views + parameters (orl.data.device_augment)
+        # Device pipeline: whole images + each view's geometry and parameters (orl.data.device_augment).
+        self.decode = check_decode(decode) if resolve_pipeline(pipeline, "cpu") == "device" else None
+        if self.decode is not None:
             self.view1, self.view2 = (DeviceViewTransform(v, image_size) for v in views)
-            self.patch1, self.patch2 = (DevicePatchTransform(v) for v in views)
+            self.patch1, self.patch2 = (DevicePatchTransform(v, roi_size) for v in views)
         else:
             self.view1, self.view2 = two_view_transforms(image_size, views)
             self.patch1, self.patch2 = patch_view_transform(views[0]), patch_view_transform(views[1])
@@ -183,6 +201,8 @@ class ORLDataset(SeededDataset):
 
     def sample(self, i: int) -> dict[str, Any]:
         """Decode image i (and its drawn neighbour), crop the RoIs, apply the view and patch recipes."""
+        if self.decode is not None:
+            return self.device_sample(i)
         img = open_rgb(self.index.path(i))
         d = self.draw_rois(i, *img.size)
         other = img if d.neighbor == i else open_rgb(self.index.path(d.neighbor))
@@ -197,6 +217,27 @@ class ORLDataset(SeededDataset):
         out.update(view_entries("inter2", self.patch2(crop_resize(other, d.inter2, s))))
         return {**out, "index": i, "neighbor": d.neighbor}
 
+    def device_sample(self, i: int) -> dict[str, Any]:
+        """The device pipeline's sample: images i and its neighbour (once if the same), every view's rows."""
+        path = self.index.path(i)
+        img, pixels = load_source(path, self.decode)
+        d = self.draw_rois(i, *img.size)
+        images, paths, other = [pixels], [str(path)], 0
+        if d.neighbor != i:
+            other_path = self.index.path(d.neighbor)
+            images.append(load_source(other_path, self.decode)[1])
+            paths.append(str(other_path))
+            other = 1
+        out: dict[str, Any] = {IMAGES_KEY: images, PATHS_KEY: paths}
+        # The cpu pipeline's RNG order: view1, view2, then the patches' flips and parameters.
+        out.update(view_entries("view1", self.view1(img)))
+        out.update(view_entries("view2", self.view2(img)))
+        out.update(view_entries("intra1", self.patch1(d.intra1)))
+        out.update(view_entries("intra2", self.patch2(d.intra2)))
+        out.update(view_entries("inter1", self.patch1(d.inter1)))
+        out.update(view_entries("inter2", self.patch2(d.inter2, source=other)))
+        return {**out, "index": i, "neighbor": d.neighbor}
+
 
 def orl_dataset(
     index: ImageIndex,
@@ -207,6 +248,7 @@ def orl_dataset(
     roi_size: int = 96,
     jitter_tries: int = TRIES,
     pipeline: str = "cpu",
+    decode: str = "worker",
 ) -> ORLDataset:
     """build_dataset factory of ORL; needs the stage-2 correspondence artifact."""
     if correspondence is None:
@@ -215,7 +257,7 @@ def orl_dataset(
             "(orl pretrain --method orl --correspondence mining/correspondence.h5)"
         )
     return ORLDataset(index, correspondence, views, image_size=image_size, roi_size=roi_size, seed=seed,
-                      jitter_tries=jitter_tries, pipeline=pipeline)
+                      jitter_tries=jitter_tries, pipeline=pipeline, decode=decode)
 
 
 register_dataset("orl", orl_dataset)

@@ -65,9 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="linear warmup epochs (default: the method's recipe: BYOL/ORL 4, MoCo v2 0, SimCLR 10)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process")
     p.add_argument("--pipeline", choices=("auto", "cpu", "device"), default="auto",
-                   help="input pipeline: cpu = workers augment everything (the reference); device = workers decode, "
-                        "crop and flip, the training device does the photometric ops in batches; auto = device on "
-                        "a GPU, cpu on CPU")
+                   help="input pipeline: cpu = workers augment everything (the reference); device = workers decode "
+                        "and draw the parameters, the training device crops, resizes, flips and does the photometric "
+                        "ops in batches; auto = device on a GPU, cpu on CPU")
+    p.add_argument("--decode", choices=("worker", "device"), default="worker",
+                   help="device pipeline only: decode JPEGs in the DataLoader workers (PIL) or batched on the training "
+                        "device (torchvision.io.decode_jpeg; other formats still in the workers)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept (0: all)")
@@ -144,14 +147,14 @@ def run(args: argparse.Namespace) -> None:
         pipeline = resolve_pipeline(args.pipeline, rt.device)
         # The method's own view recipes (orl.methods: Method.recipe), never another method's.
         dataset = build_training_dataset(args.method, index, image_size=args.image_size, seed=args.seed,
-                                         pipeline=pipeline, **dataset_args)
+                                         pipeline=pipeline, decode=args.decode, **dataset_args)
         cfg = TrainConfig(
             method=args.method, method_args=method_args, epochs=args.epochs, batch_size=args.batch_size,
             accum_steps=args.accum_steps, lr=args.lr, base_batch=args.base_batch, weight_decay=args.weight_decay,
             warmup_epochs=args.warmup_epochs, workers=args.workers, checkpoint_every=args.checkpoint_every,
             keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
             precision=args.precision, channels_last=args.channels_last, sync_bn=args.sync_bn,
-            image_size=args.image_size, pipeline=pipeline,
+            image_size=args.image_size, pipeline=pipeline, decode=args.decode,
         )
         meta = {"index": str(args.index), "image_list_digest": index.digest, "num_images": len(index)}
         if args.method == "orl":

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from orl import __version__
 from orl.data.datasets import SeededSampler
-from orl.data.device_augment import finish_views
+from orl.data.device_augment import collate_samples, finish_views
 from orl.methods import Method, build_method
 from orl.train import checkpoint as ckpt
 from orl.train.knn_monitor import COLUMN as KNN_COLUMN
@@ -67,6 +67,7 @@ class TrainConfig:
     sync_bn: bool | None = None  # GPU + distributed only; None: the method's recipe (MoCo v2: per-GPU BN)
     image_size: int = 224  # recorded in meta / resume fingerprint; the dataset applies it
     pipeline: str = "cpu"  # input pipeline the dataset was built with (cpu / device): recorded, part of the fingerprint
+    decode: str = "worker"  # device pipeline: where JPEGs were decoded (worker / device); recorded, fingerprinted
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-container copy (safe for weights_only checkpoints and JSON)."""
@@ -274,6 +275,7 @@ class Trainer:
             "warmup_epochs": c.warmup_epochs, "seed": c.seed, "image_size": c.image_size,
             # Only when not the reference: checkpoints written before the key existed still resume.
             **({"pipeline": c.pipeline} if c.pipeline != "cpu" else {}),
+            **({"decode": c.decode} if c.pipeline == "device" and c.decode != "worker" else {}),
             "steps_per_epoch": steps_per_epoch, "dataset_size": len(self.dataset),
             "image_list_digest": self.meta.get("image_list_digest"),
             # ORL's inputs: a new correspondence artifact or RoI size must not resume an old run.
@@ -369,6 +371,7 @@ class Trainer:
             batch_size=cfg.batch_size,
             sampler=sampler,
             num_workers=cfg.workers,
+            collate_fn=collate_samples,  # default_collate, but the device pipeline's images keep their own sizes
             pin_memory=on_gpu,
             drop_last=False,  # the sampler already yields whole global batches only
             persistent_workers=cfg.workers > 0,

@@ -150,3 +150,24 @@ def test_the_pipeline_setting_reaches_every_pretraining_rule(tmp_path: Path) -> 
     assert all("--pipeline cpu" in line for line in orl)
     default = check(snakemake(tmp_path, "-n", "-p", "--cores", "2"))
     assert "--pipeline auto --decode worker" in default.stdout + default.stderr
+
+
+def test_every_method_trains_with_the_device_pipeline_through_snakemake(tmp_path: Path) -> None:
+    """byol, moco_v2, simclr and orl through their rules with pipeline device and JPEGs decoded on the device."""
+    from demo_run import TINY_RUN
+    from workflow_helpers import check, deep_merge, snakemake
+
+    from orl.methods import METHODS
+    from orl.train.checkpoint import load_pretrained
+
+    config = deep_merge(TINY_RUN, {"baselines": ["moco_v2", "simclr"],
+                                   "pretrain": {"pipeline": "device", "decode": "device",
+                                                "methods": {"moco_v2": {"method_args": {"queue_size": 64}}}}})
+    methods = ("byol", "moco_v2", "simclr", "orl")
+    check(snakemake(tmp_path, "--cores", "2", *(f"results/pretrain/{m}/model.pt" for m in methods), config=config))
+    for method in methods:
+        path = tmp_path / "results" / "pretrain" / method / "model.pt"
+        model = load_pretrained(path)
+        assert isinstance(model, METHODS[method]) and all(torch.isfinite(p).all() for p in model.parameters())
+        cfg = torch.load(path, weights_only=True)["meta"]["config"]
+        assert (cfg["pipeline"], cfg["decode"]) == ("device", "device"), method

@@ -156,7 +156,11 @@ def _randint(n: int) -> int:
 
 
 class ORLDataset(SeededDataset):
-    """{"view1", "view2", "intra1", "intra2", "inter1", "inter2", "index", "neighbor"} per image."""
+    """{"view1", "view2", "intra1", "intra2", "inter1", "inter2", "index", "neighbor"} per image.
+
+    Device pipeline: instead of the six views, "images" (image i, then its neighbour unless it is i) and each
+    view's "<view>_geo" / "<view>_photo" rows (orl.data.device_augment), built on the training device.
+    """
 
     def __init__(
         self,

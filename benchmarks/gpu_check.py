@@ -11,6 +11,7 @@ data is synthetic. --smoke: tiny sizes on whatever device there is (the test run
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,7 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# What the parts import: the list plus tqdm (the trainer's progress bar). Checked in a fresh venv holding
+# only these, with orl installed --no-deps. Optional packages (faiss, opencv, pycocotools, snakemake) only skip
+# their comparison.
+REQUIRED = ("torch", "torchvision", "h5py", "numpy", "sklearn", "PIL", "tqdm", "orl")
+_missing = [m for m in REQUIRED if importlib.util.find_spec(m) is None]
+if _missing:
+    raise SystemExit(f"gpu_check: missing Python packages {', '.join(_missing)} (orl: pip install --no-deps -e .)")
+
+import numpy as np  # after the package check, so a missing one is named rather than raised
 import torch
 from torch.utils.data import DataLoader
 

@@ -17,6 +17,9 @@ real-image runs read a synthetic correspondence artifact (random kept boxes, nei
         --batch-size 16 --skip data full
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_throughput.py --arch resnet18 --image-size 96 --batch-size 32
+
+--pipeline device (--decode device) runs the real-image measurements through the device input pipeline instead
+(orl.data.device_augment; the data-only number then includes finish_views in this process).
 """
 
 from __future__ import annotations
@@ -94,10 +97,12 @@ def _synthetic_correspondence(index: ImageIndex, path: Path, k: int = 10, boxes_
 
 def _dataset(args: argparse.Namespace, index: ImageIndex, tmp: Path) -> SeededDataset:
     """The method's real-image dataset (ORL: over a synthetic correspondence artifact for these images)."""
+    split = {"pipeline": args.pipeline, "decode": args.decode}
     if args.method != "orl":
-        return build_training_dataset(args.method, index, image_size=args.image_size)
+        return build_training_dataset(args.method, index, image_size=args.image_size, **split)
     corr = _synthetic_correspondence(index, tmp / f"correspondence-{index.digest}.h5")
-    return build_training_dataset("orl", index, image_size=args.image_size, correspondence=corr, roi_size=args.roi_size)
+    return build_training_dataset("orl", index, image_size=args.image_size, correspondence=corr, roi_size=args.roi_size,
+                                  **split)
 
 
 def _as_byol(args: argparse.Namespace) -> argparse.Namespace:
@@ -140,7 +145,8 @@ def _trainer_throughput(args: argparse.Namespace, dataset: Any, out: Path, worke
     epochs = -(-(args.warmup + args.steps) // steps_per_epoch)
     cfg = TrainConfig(method=args.method, method_args=args.method_args, epochs=epochs, batch_size=args.batch_size,
                       warmup_epochs=0, workers=workers, checkpoint_every=10**6, keep_checkpoints=1, log_every=1,
-                      precision=args.precision, image_size=args.image_size)
+                      precision=args.precision, image_size=args.image_size,
+                      pipeline=args.pipeline, decode=args.decode)
     from orl.train.launch import Runtime
 
     rt = Runtime(0, 0, 1, args.device)
@@ -152,16 +158,18 @@ def _trainer_throughput(args: argparse.Namespace, dataset: Any, out: Path, worke
 
 
 def _data_throughput(args: argparse.Namespace, dataset: Any) -> float:
-    """Images/s of the DataLoader alone (decode + two views), after one warmup batch."""
+    """Images/s of the DataLoader alone (decode + two views; device pipeline: + finish_views), after one warmup batch."""
     from orl.data.datasets import SeededSampler
+    from orl.data.device_augment import collate_samples, finish_views
 
     sampler = SeededSampler(len(dataset), args.batch_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, collate_fn=collate_samples,
                                          num_workers=args.workers, persistent_workers=args.workers > 0)
     n, t0 = 0, None
     for epoch in range(100):
         sampler.set_epoch(epoch)
-        for batch in loader:
+        for raw in loader:
+            batch = finish_views(raw, args.device)
             if t0 is None:
                 t0 = time.perf_counter()  # the first batch pays for worker start-up
                 continue
@@ -252,6 +260,8 @@ def main() -> None:
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
     p.add_argument("--skip", nargs="*", default=[], choices=("model", "data", "full", "lightly"))
     p.add_argument("--method-args", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--pipeline", choices=("cpu", "device"), default="cpu", help="input pipeline of the real-image runs")
+    p.add_argument("--decode", choices=("worker", "device"), default="worker", help="device pipeline: JPEG decoding")
     p.add_argument("--roi-size", type=int, default=None,
                    help="--method orl: RoI side (default: 96 px scaled like --image-size from 224)")
     args = p.parse_args()
@@ -305,7 +315,8 @@ def main() -> None:
             if "full" not in args.skip:
                 # Exactly warmup + steps batches of images: one epoch, no extra steps.
                 n = min(len(index), args.batch_size * (args.warmup + args.steps))
-                subset = ImageIndex(index.root, index.file_names[:n], index.ids[:n], index.widths[:n], index.heights[:n])
+                subset = ImageIndex(index.root, index.file_names[:n], index.ids[:n], index.widths[:n], index.heights[:n],
+                                    index.sha256[:n])
                 results[f"full step (JPEG + augment, {args.workers} workers)"] = _trainer_throughput(
                     args, _dataset(args, subset, tmp), tmp / "f" / "model.pt", args.workers)
                 _report(results)
@@ -315,7 +326,8 @@ def main() -> None:
                     _report(results)
 
     rois = f", RoIs {args.roi_size}px" if orl else ""
-    print(f"\n{args.method} {args.arch} {args.image_size}px{rois} batch {args.batch_size}, {args.steps} timed steps "
+    print(f"\n{args.method} {args.arch} {args.image_size}px{rois} batch {args.batch_size}, {args.steps} timed steps, "
+          f"pipeline {args.pipeline}{' + device decode' if args.pipeline == 'device' and args.decode == 'device' else ''} "
           f"(model steps: best of {args.repeats}), "
           f"{args.device} ({_machine(args.device)}), precision {args.precision if args.device.type == 'cuda' else 'fp32'}\n")
     print("| measurement | images/s |\n|---|---|")

@@ -145,16 +145,17 @@ def run(args: argparse.Namespace) -> None:
         configure_determinism(rt.device)
         index = load_index(args.index)
         pipeline = resolve_pipeline(args.pipeline, rt.device)
+        decode = args.decode if pipeline == "device" else "worker"  # the cpu pipeline always decodes in the workers
         # The method's own view recipes (orl.methods: Method.recipe), never another method's.
         dataset = build_training_dataset(args.method, index, image_size=args.image_size, seed=args.seed,
-                                         pipeline=pipeline, decode=args.decode, **dataset_args)
+                                         pipeline=pipeline, decode=decode, **dataset_args)
         cfg = TrainConfig(
             method=args.method, method_args=method_args, epochs=args.epochs, batch_size=args.batch_size,
             accum_steps=args.accum_steps, lr=args.lr, base_batch=args.base_batch, weight_decay=args.weight_decay,
             warmup_epochs=args.warmup_epochs, workers=args.workers, checkpoint_every=args.checkpoint_every,
             keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, seed=args.seed,
             precision=args.precision, channels_last=args.channels_last, sync_bn=args.sync_bn,
-            image_size=args.image_size, pipeline=pipeline, decode=args.decode,
+            image_size=args.image_size, pipeline=pipeline, decode=decode,
         )
         meta = {"index": str(args.index), "image_list_digest": index.digest, "num_images": len(index)}
         if args.method == "orl":

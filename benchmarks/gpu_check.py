@@ -3,7 +3,8 @@
 Parts: `train` (BYOL and ORL images/s, model only on synthetic tensors and with the real loader in both input
 pipelines, the device one with JPEGs decoded in the workers and on the device, peak GPU memory), `ddp` (a
 one-process torchrun run: NCCL + SyncBN on a GPU, gloo on CPU), `knn` (exact kNN, faiss against orl's torch route:
-time and identical neighbours), `roi_embed` (RoI-embedding crops/s in fp32 and bf16 and the overlap of the top-T
+time and identical neighbours), `photometric` (the device pipeline's batched ops against kornia's, when kornia
+imports; benchmarks/photometric_ops.py), `roi_embed` (RoI-embedding crops/s in fp32 and bf16 and the overlap of the top-T
 pairs mined from each), `maskrcnn` (torchvision Mask R-CNN R50-FPN training iterations/s on synthetic targets). Missing optional packages skip their part with a line saying so; all
 data is synthetic. --smoke: tiny sizes on whatever device there is (the test runs it on CPU).
 """
@@ -36,15 +37,16 @@ from torch.utils.data import DataLoader
 from orl.data.datasets import SeededSampler
 from orl.data.device_augment import collate_samples, finish_views
 from orl.methods import build_method, build_training_dataset
+from photometric_ops import measure as measure_photometric
 from train_throughput import _images, _machine, _synthetic_correspondence
 
 FULL = {"arch": "resnet50", "size": 224, "roi": 96, "batch": 64, "steps": 20, "images": 256, "knn_n": 118_287,
         "knn_d": 256, "det_size": 800, "det_steps": 10, "heads": {},
-        "roi_images": 64, "roi_boxes": 32, "roi_crop": 224, "roi_k": 10}
+        "roi_images": 64, "roi_boxes": 32, "roi_crop": 224, "roi_k": 10, "photo_batch": 256}
 SMOKE = {"arch": "resnet18", "size": 32, "roi": 16, "batch": 4, "steps": 2, "images": 8, "knn_n": 2000,
          "knn_d": 32, "det_size": 128, "det_steps": 1,
          "heads": {"proj_hidden": 64, "proj_dim": 32, "pred_hidden": 64},
-         "roi_images": 6, "roi_boxes": 4, "roi_crop": 32, "roi_k": 2}
+         "roi_images": 6, "roi_boxes": 4, "roi_crop": 32, "roi_k": 2, "photo_batch": 4}
 # (pipeline, decode) pairs the train part feeds from the real loader.
 LOADERS = (("cpu", "worker"), ("device", "worker"), ("device", "device"))
 
@@ -167,6 +169,15 @@ def part_knn(s: dict, dev: torch.device) -> dict:
     return out
 
 
+def part_photometric(s: dict, dev: torch.device) -> dict:
+    """ms per image of the device pipeline's photometric ops, orl's and (when it imports) kornia's, per BYOL view."""
+    rows = measure_photometric(s["photo_batch"], s["size"], dev, repeats=3)
+    out = {f"{r['library']}_view{r['view']}_ms_per_image": r["ms_per_image"] for r in rows}
+    if not any(r["library"] == "kornia" for r in rows):
+        print("photometric: kornia is not importable, only orl's ops were timed")
+    return {"batch": s["photo_batch"], **out}
+
+
 def part_roi_embed(s: dict, dev: torch.device) -> dict:
     """Stage-2 RoI embedding (crop mode) in fp32 and bf16: crops/s, and how many mined top-T pairs bf16 keeps.
 
@@ -242,7 +253,8 @@ def part_maskrcnn(s: dict, dev: torch.device) -> dict:
             "peak_mb": _peak_mb(dev)}
 
 
-PARTS = {"train": part_train, "ddp": part_ddp, "knn": part_knn, "roi_embed": part_roi_embed, "maskrcnn": part_maskrcnn}
+PARTS = {"train": part_train, "ddp": part_ddp, "knn": part_knn, "photometric": part_photometric,
+         "roi_embed": part_roi_embed, "maskrcnn": part_maskrcnn}
 
 
 def main() -> None:

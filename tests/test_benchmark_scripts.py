@@ -39,3 +39,11 @@ def test_train_throughput_runs_orl_through_the_device_pipeline(repo: Path) -> No
                "--method-args", "proj_hidden=64", "proj_dim=32", "pred_hidden=64")
     assert "pipeline device + device decode" in out
     assert "| full step (JPEG + augment, 0 workers) |" in out and "| BYOL full step (0 workers) |" in out
+
+
+def test_photometric_ops_times_orls_ops(repo: Path) -> None:
+    out = _run(repo, "photometric_ops.py", "--batch", "4", "--image-size", "32", "--repeats", "1", "--device", "cpu")
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert {r["view"] for r in rows if r["library"] == "orl"} == {1, 2}
+    assert all(r["ms_per_image"] > 0 for r in rows)
+    assert "kornia / orl time" in out or "kornia is not importable" in out

@@ -31,6 +31,7 @@ def test_gpu_check_cpu_smoke(repo: Path, tmp_path: Path) -> None:
     assert report["ddp"]["ok"] and report["ddp"]["backend"] == "gloo"
     assert report["knn"]["torch_seconds"] >= 0
     assert "identical_neighbours" not in report["knn"] or report["knn"]["identical_neighbours"] == 1.0
+    assert report["photometric"]["orl_view1_ms_per_image"] > 0 and report["photometric"]["orl_view2_ms_per_image"] > 0
     roi = report["roi_embed"]
     assert min(roi["fp32_crops_per_s"], roi["bf16_crops_per_s"]) > 0
     assert roi["top_t_pair_overlap"] == 1.0  # CPU: no autocast, the same numbers twice

@@ -200,6 +200,24 @@ def test_parameter_distributions_follow_each_views_recipe(method: str) -> None:
         assert stats.kstest(p[:, D.SIGMA].numpy(), stats.uniform(lo, hi - lo).cdf).pvalue > 1e-4
 
 
+def test_geometry_draws_follow_random_resized_crop() -> None:
+    """Boxes inside the image with area fraction in the recipe's scale range and aspect in [3/4, 4/3] (up to
+    rounding), flips at rate 0.5, for every method's views."""
+    img = _photo_image(60).resize((90, 60))
+    for method in ("byol", "moco_v2", "simclr"):
+        for recipe in method_recipe(method).views:
+            torch.manual_seed(0)
+            geo = torch.stack([D.DeviceViewTransform(recipe, 32)(img).geo for _ in range(2000)]).double()
+            x, y, w, h = (geo[:, c] for c in (D.LEFT, D.TOP, D.WIDTH, D.HEIGHT))
+            assert (x >= 0).all() and (y >= 0).all() and (x + w <= 90).all() and (y + h <= 60).all()
+            area = w * h / (90 * 60)
+            lo, hi = recipe.crop_scale
+            assert area.min() >= lo * 0.9 and area.max() <= hi
+            aspect = w / h
+            assert aspect.min() >= 0.75 * 0.9 and aspect.max() <= 4 / 3 / 0.9
+            assert _rate_ok(geo[:, D.FLIP], 0.5) and (geo[:, D.SIDE] == 32).all()
+
+
 def test_byol_views_have_the_specs_probabilities() -> None:
     v1, v2 = (_draws(r, 2000) for r in A.BYOL_VIEWS)
     assert v1[:, D.BLUR].mean() == 1.0 and v1[:, D.SOLARIZE].sum() == 0

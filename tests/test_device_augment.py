@@ -342,3 +342,27 @@ def test_collate_keeps_images_of_any_size() -> None:
     ref = default_collate(plain)
     got = D.collate_samples(plain)
     assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+@pytest.mark.parametrize("method", ["byol", "orl"])
+def test_device_views_of_real_photos_match_the_cpu_pipeline(coco128: Path, tmp_path: Path, method: str) -> None:
+    """224 px views (96 px RoIs) of 8 coco128 photos: the same draws, and pixels within 2 levels on average."""
+    from orl.data.image_index import build_index
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted((coco128 / "images").glob("*.jpg"))[:8]:
+        (folder / p.name).symlink_to(p)
+    index = build_index(folder)
+    kw = dict(correspondence=make_correspondence(index, tmp_path / "corr.h5"), roi_size=96) if method == "orl" else {}
+    cpu = build_training_dataset(method, index, image_size=224, pipeline="cpu", **kw)
+    dev = build_training_dataset(method, index, image_size=224, pipeline="device", decode="device", **kw)
+    ref = D.collate_samples([cpu[(3, i)] for i in range(8)])
+    batch = D.finish_views(D.collate_samples([dev[(3, i)] for i in range(8)]), "cpu")
+    assert batch.keys() == ref.keys()
+    for key, value in ref.items():
+        if value.dtype != torch.float32:
+            assert torch.equal(batch[key], value), key
+            continue
+        d = (A.denormalize(batch[key]) - A.denormalize(value)).abs() * 255
+        assert d.flatten(1).mean(1).max() < 3.5 and d.mean() < 2.0, (key, d.flatten(1).mean(1))

@@ -10,7 +10,8 @@ CPU) over batches of --batch-size collated samples: for `device` the crops, resi
 JPEGs; ORL reads a synthetic correspondence artifact (random boxes, neighbours, pairs).
 
 One JSON line per (method, pipeline, decode) with method, pipeline, decode, cpu_ms_per_image, device_ms_per_image,
-and cores_for_1500_per_s (cores one GPU needs to receive 1,500 samples/s), then a table.
+and cores_for_1500_per_s (cores one GPU needs to receive 1,500 samples/s), then a table. The `device` pipeline
+runs once per --decode value (default both); `--decode worker` gives exactly one line per (method, pipeline).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/input_pipeline.py --images 32
 """
@@ -29,7 +30,6 @@ from orl.methods import build_training_dataset
 from train_throughput import _images, _machine, _synthetic_correspondence
 
 TARGET_PER_S = 1500  # the issue's goal per GPU for BYOL
-VARIANTS = (("cpu", "worker"), ("device", "worker"), ("device", "device"))  # (pipeline, where JPEGs are decoded)
 
 
 def cpu_ms_per_sample(dataset, n: int) -> tuple[float, list[dict]]:
@@ -75,7 +75,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads (a DataLoader worker uses 1)")
+    p.add_argument("--decode", nargs="+", default=["worker", "device"], choices=["worker", "device"],
+                   help="where the device pipeline decodes JPEGs (the cpu pipeline always decodes in the workers)")
     args = p.parse_args()
+    variants = [("cpu", "worker")] + [("device", d) for d in args.decode]  # (pipeline, where JPEGs are decoded)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
@@ -84,7 +87,7 @@ def main() -> None:
         corr = _synthetic_correspondence(index, Path(tmp) / "correspondence.h5")
         for method in args.methods:
             extra = {"correspondence": corr, "roi_size": args.roi_size} if method == "orl" else {}
-            for pipeline, decode in VARIANTS:
+            for pipeline, decode in variants:
                 ds = build_training_dataset(method, index, image_size=args.image_size, pipeline=pipeline,
                                             decode=decode, **extra)
                 cpu_ms, samples = cpu_ms_per_sample(ds, len(index))

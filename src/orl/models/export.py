@@ -30,8 +30,8 @@ import torch
 import torchvision
 from torch import nn
 
+from orl.fileio import atomic_write
 from orl.models.backbones import build_backbone, feature_dim
-from orl.train.checkpoint import atomic_save, atomic_write
 
 D2_AUTHOR = "orl"
 PIXEL_MEAN = [123.675, 116.280, 103.530]  # torchvision's ImageNet mean x 255, RGB order
@@ -158,7 +158,7 @@ def detectron2_config(arch: str) -> dict[str, Any]:
 
 def write_torchvision(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write backbone.pth (torch.save of the plain state_dict), atomically."""
-    return atomic_save(dict(state), path)
+    return atomic_write(path, lambda f: torch.save(dict(state), f))
 
 
 def write_detectron2(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:

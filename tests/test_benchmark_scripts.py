@@ -47,3 +47,57 @@ def test_photometric_ops_times_orls_ops(repo: Path) -> None:
     assert {r["view"] for r in rows if r["library"] == "orl"} == {1, 2}
     assert all(r["ms_per_image"] > 0 for r in rows)
     assert "kornia / orl time" in out or "kornia is not importable" in out
+
+
+def _import_script(repo: Path, name: str):
+    sys.path.insert(0, str(repo / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_box_filter_variants_are_valid_layers_of_the_demo_config(repo: Path) -> None:
+    import dataclasses
+
+    import jsonschema
+    import yaml
+
+    from orl.data.demo_scenes import World
+
+    script = _import_script(repo, "box_filter_pairs")
+    base = yaml.safe_load((repo / "config.yaml").read_text(encoding="utf-8"))
+    schema = yaml.safe_load((repo / "workflow" / "schemas" / "config.schema.yaml").read_text(encoding="utf-8"))
+    knobs = {f.name for f in dataclasses.fields(World)}
+    for name, text in script.VARIANTS.items():
+        layer = yaml.safe_load(text)
+        merged = {**base, **{k: {**base.get(k, {}), **v} for k, v in layer.items()}}
+        jsonschema.validate(merged, schema)
+        assert set(layer.get("demo", {}).get("world", {})) <= knobs, name
+        assert merged["box_filter"]["min_size"] in (20, 40), name
+
+
+def test_semi_budget_fine_tunes_an_exported_backbone(repo: Path, tmp_path: Path) -> None:
+    import argparse
+
+    import torch
+    import torchvision
+
+    from orl.bench.crops import write_crops
+    from orl.data.demo_scenes import generate_demo_dataset
+
+    script = _import_script(repo, "semi_budget")
+    data = tmp_path / "scenes"
+    generate_demo_dataset(data, num_train=8, num_val=8, image_size=64)
+    crops = tmp_path / "data" / "demo_crops"
+    for split in ("train", "val"):
+        write_crops(data / "annotations" / f"instances_{split}.json", data / split, crops / split, size=32)
+    (tmp_path / "export" / "random").mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "export" / "random" / "backbone.pth")
+    args = argparse.Namespace(percent=50.0, epochs=1, batch_size=4, crop_size=32, backbone_lr=0.05, head_lr=0.05,
+                              threads=1)
+    row = script.fine_tune(tmp_path, "random", 0, args)
+    assert row["method"] == "random" and row["epochs"] == 1 and row["seconds"] > 0
+    assert 0.0 <= row["top1"] <= 100.0
+    assert row["chance"] == pytest.approx(100.0 / len(list((crops / "val").iterdir())))
+    assert script.fine_tune(tmp_path, "random", 0, args) == row  # read back, not redone

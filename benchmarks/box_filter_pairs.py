@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from study import REPO, demo_snakemake  # benchmarks/study.py: the demo's Snakemake command
 
 # name -> config layer (YAML flow text) on top of config.yaml; the demo's own filter is 40 px
 VARIANTS: dict[str, str] = {
@@ -37,10 +37,9 @@ def run_variant(work: Path, name: str, cores: int) -> dict:
     layer = results / "layer.yaml"
     layer.write_text(f"results: {str(results)!r}\n{VARIANTS[name]}\n", encoding="utf-8")
     target = results / "mining" / "pair_quality.json"
-    cmd = [sys.executable, "-m", "snakemake", str(target), "--cores", str(cores),
-           "--configfile", str(REPO / "config.yaml"), str(layer)]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(demo_snakemake([layer], cores, [str(target)]), check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     quality = json.loads(target.read_text(encoding="utf-8"))
     row = {"variant": name, "seconds": round(time.perf_counter() - start, 1),
            "mean_kept_boxes": quality["mean_kept_boxes"],

@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from study import REPO, config_layer, demo_snakemake  # benchmarks/study.py: the demo's Snakemake command
 
 
 def build_inputs(results: Path, methods: list[str], cores: int) -> None:
-    """Snakemake on the demo config, for the exported backbones and the demo crops in `results`."""
-    results.mkdir(parents=True, exist_ok=True)
-    layer = results / "semi_budget.yaml"
-    layer.write_text(f"results: {str(results)!r}\n", encoding="utf-8")
+    """Snakemake on the demo config (pretraining seed 0), for the exported backbones and the demo crops in `results`."""
+    layer = config_layer(results / "semi_budget.yaml", results, seed=0)
     targets = [str(results / "export" / m / "backbone.pth") for m in methods] + [str(results / "data" / "demo_crops")]
-    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores),
-           "--configfile", str(REPO / "config.yaml"), str(layer)]
-    subprocess.run(cmd, check=True, cwd=REPO)
+    subprocess.run(demo_snakemake([layer], cores, targets), check=True, cwd=REPO)
 
 
 def fine_tune(results: Path, method: str, seed: int, args: argparse.Namespace) -> dict:
@@ -47,16 +44,14 @@ def fine_tune(results: Path, method: str, seed: int, args: argparse.Namespace) -
                "--workers", "0", "--threads", str(args.threads), "--device", "cpu"]
         subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     doc = json.loads(out.read_text(encoding="utf-8"))
-    top1 = doc["metrics"]["top1"]
     return {"method": method, "percent": args.percent, "epochs": args.epochs, "seed": seed,
-            "top1": top1["mean"] if isinstance(top1, dict) else top1, "chance": doc["chance"]["top1"],
+            "top1": doc["metrics"]["top1"]["mean"], "chance": doc["chance"]["top1"],
             "seconds": round(doc["details"]["seconds"], 1)}
 
 
 def _mean_std(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {std:.1f}"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0  # sample std, as the study's tables
+    return f"{statistics.mean(values):.1f} ± {std:.1f}"
 
 
 def main() -> int:

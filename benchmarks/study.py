@@ -28,11 +28,16 @@ def config_layer(path: Path, results: Path, seed: int) -> Path:
     return path
 
 
+def demo_snakemake(layers: list[Path], cores: int, targets: list[str] = (), dry_run: bool = False) -> list[str]:
+    """Snakemake on the demo config with `layers` on top (the last wins), for `targets` (default: everything)."""
+    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores), "--configfile",
+           str(REPO / "config.yaml"), *map(str, layers)]
+    return cmd + (["-n"] if dry_run else [])
+
+
 def snakemake_command(layer: Path, cores: int, targets: list[str] = (), dry_run: bool = False) -> list[str]:
     """Snakemake on the demo config, the study's ablations and `layer`, for `targets` (default: everything)."""
-    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores), "--configfile",
-           str(REPO / "config.yaml"), str(REPO / "configs" / "study.yaml"), str(layer)]
-    return cmd + (["-n"] if dry_run else [])
+    return demo_snakemake([REPO / "configs" / "study.yaml", layer], cores, targets, dry_run)
 
 
 def main() -> int:

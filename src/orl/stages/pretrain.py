@@ -69,8 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "and draw the parameters, the training device crops, resizes, flips and does the photometric "
                         "ops in batches; auto = device on a GPU, cpu on CPU")
     p.add_argument("--decode", choices=("worker", "device"), default="worker",
-                   help="device pipeline only: decode JPEGs in the DataLoader workers (libjpeg-turbo) or batched on the training "
-                        "device (torchvision.io.decode_jpeg; other formats still in the workers)")
+                   help="device pipeline only: decode JPEGs in the DataLoader workers (libjpeg-turbo) or batched "
+                        "on the training device (torchvision.io.decode_jpeg; other formats still in the workers)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept (0: all)")

@@ -4,9 +4,9 @@ Parts: `train` (BYOL and ORL images/s, model only on synthetic tensors and with 
 pipelines, the device one with JPEGs decoded in the workers and on the device, peak GPU memory), `ddp` (a
 one-process torchrun run: NCCL + SyncBN on a GPU, gloo on CPU), `knn` (exact kNN, faiss against orl's torch route:
 time and identical neighbours), `photometric` (the device pipeline's batched ops against kornia's, when kornia
-imports; benchmarks/photometric_ops.py), `roi_embed` (RoI-embedding crops/s in fp32 and bf16 and the overlap of the top-T
-pairs mined from each), `maskrcnn` (torchvision Mask R-CNN R50-FPN training iterations/s on synthetic targets). Missing optional packages skip their part with a line saying so; all
-data is synthetic. --smoke: tiny sizes on whatever device there is (the test runs it on CPU).
+imports; benchmarks/photometric_ops.py), `roi_embed` (RoI-embedding crops/s in fp32 and bf16 and the overlap of
+the top-T pairs mined from each), `maskrcnn` (torchvision Mask R-CNN R50-FPN training iterations/s on synthetic
+targets). Missing optional packages skip their part with a line saying so; all data is synthetic. --smoke: tiny sizes on whatever device there is (the test runs it on CPU).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from orl.data.datasets import SeededSampler
 from orl.data.device_augment import collate_samples, finish_views
 from orl.methods import build_method, build_training_dataset
-from photometric_ops import measure as measure_photometric
+from photometric_ops import measure as measure_photometric, sync_device
 from train_throughput import _images, _machine, _synthetic_correspondence
 
 FULL = {"arch": "resnet50", "size": 224, "roi": 96, "batch": 64, "steps": 20, "images": 256, "knn_n": 118_287,
@@ -49,11 +49,6 @@ SMOKE = {"arch": "resnet18", "size": 32, "roi": 16, "batch": 4, "steps": 2, "ima
          "roi_images": 6, "roi_boxes": 4, "roi_crop": 32, "roi_k": 2, "photo_batch": 4}
 # (pipeline, decode) pairs the train part feeds from the real loader.
 LOADERS = (("cpu", "worker"), ("device", "worker"), ("device", "device"))
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def _peak_mb(dev: torch.device) -> float | None:
@@ -87,12 +82,12 @@ def _timed(step, batches, dev: torch.device) -> float:
     it = iter(batches)
     first = next(it)
     step(first)
-    _sync(dev)
+    sync_device(dev)
     n, t0 = 0, time.perf_counter()
     for b in it:
         step(b)
         n += next(iter(b.values())).shape[0]
-    _sync(dev)
+    sync_device(dev)
     return n / max(time.perf_counter() - t0, 1e-9)
 
 
@@ -202,10 +197,10 @@ def part_roi_embed(s: dict, dev: torch.device) -> dict:
     for precision in ("fp32", "bf16"):
         embedder = RoiEmbedder(backbone, device=dev, batch_size=min(256, s["roi_boxes"] * 8), precision=precision)
         embedder.embed_crops(crops[0])  # warm-up
-        _sync(dev)
+        sync_device(dev)
         t0 = time.perf_counter()
         emb[precision] = [embedder.embed_crops(c) for c in crops]
-        _sync(dev)
+        sync_device(dev)
         out[f"{precision}_crops_per_s"] = round(out["crops"] / (time.perf_counter() - t0), 1)
     overlaps = []
     n, k = s["roi_images"], s["roi_k"]
@@ -244,11 +239,11 @@ def part_maskrcnn(s: dict, dev: torch.device) -> dict:
         opt.step()
 
     step(None)
-    _sync(dev)
+    sync_device(dev)
     t0 = time.perf_counter()
     for _ in range(s["det_steps"]):
         step(None)
-    _sync(dev)
+    sync_device(dev)
     return {"size": size, "batch": 2, "iterations_per_s": round(s["det_steps"] / (time.perf_counter() - t0), 2),
             "peak_mb": _peak_mb(dev)}
 

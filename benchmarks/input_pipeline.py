@@ -6,8 +6,8 @@ crops, resizes and every augmentation (ORL: also the neighbour image and the fou
 (or, with decode "device", only read the JPEG and its header) and draw the parameters.
 device_ms_per_image: wall time per sample of finish_views on the training device (CUDA when available, else this
 CPU) over batches of --batch-size collated samples: for `device` the crops, resizes, flips and photometric ops
-(and the JPEG decoding with decode "device"); for `cpu` only the transfer. Images: the first --images photos of ../shared/data/coco128 when present, else synthetic 640x480
-JPEGs; ORL reads a synthetic correspondence artifact (random boxes, neighbours, pairs).
+(and the JPEG decoding with decode "device"); for `cpu` only the transfer. Images: the first --images photos of
+../shared/data/coco128 when present, else synthetic 640x480 JPEGs; ORL reads a synthetic correspondence artifact (random boxes, neighbours, pairs).
 
 One JSON line per (method, pipeline, decode) with method, pipeline, decode, cpu_ms_per_image, device_ms_per_image,
 and cores_for_1500_per_s (cores one GPU needs to receive 1,500 samples/s), then a table. The `device` pipeline
@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from orl.data.device_augment import collate_samples, finish_views
 from orl.methods import build_training_dataset
+from photometric_ops import sync_device
 from train_throughput import _images, _machine, _synthetic_correspondence
 
 TARGET_PER_S = 1500  # the issue's goal per GPU for BYOL
@@ -46,21 +47,17 @@ def device_ms_per_sample(samples: list[dict], batch_size: int, device: torch.dev
     """Best-of-`repeats` wall ms per sample of finish_views (+ transfer) over the collated batches."""
     batches = [collate_samples(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     finish_views(batches[0], device)  # warm-up (kernels, allocator)
     best = float("inf")
     for _ in range(repeats):
-        sync()
+        sync_device(device)
         t0 = time.perf_counter()
         for b in batches:
             out = finish_views(b, device)
             for v in out.values():
                 if isinstance(v, torch.Tensor):
                     v.to(device, non_blocking=True)
-        sync()
+        sync_device(device)
         best = min(best, time.perf_counter() - t0)
     return 1000 * best / len(samples)
 

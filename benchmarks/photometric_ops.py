@@ -24,7 +24,8 @@ from orl.data.augment import BYOL_VIEWS, IMAGENET_MEAN, IMAGENET_STD, ViewRecipe
 from orl.data.device_augment import draw_photometric, photometric
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so wall times measure it; a no-op on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -34,10 +35,10 @@ def best_ms_per_image(fn: Callable[[], Any], n: int, device: torch.device, repea
     fn()
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync_device(device)
         best = min(best, time.perf_counter() - t0)
     return 1000 * best / n
 

@@ -55,7 +55,7 @@ def load_source(path: str | os.PathLike, decode: str = "worker") -> tuple[Image.
             return img, decode_jpeg(encoded, mode=ImageReadMode.RGB)
         except RuntimeError as e:
             raise ImageReadError(f"{path}: cannot decode image ({e})") from e
-    img = open_rgb(path)
+    img = open_rgb(path, data)  # other files and JPEG modes: PIL, from the bytes already read
     return img, TF.pil_to_tensor(img)
 
 

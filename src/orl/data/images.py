@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -57,11 +58,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image fully and return it as an 8-bit RGB PIL image; ImageReadError names the file."""
+def open_rgb(path: str | os.PathLike, data: bytes | None = None) -> Image.Image:
+    """Decode an image fully and return it as an 8-bit RGB PIL image; ImageReadError names the file.
+
+    `data`: the file's bytes when the caller has read them already (decoded from memory, not read again).
+    """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
             img.load()  # force a full decode so truncated files fail here, not later in a worker
             return _to_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def _run(repo: Path, script: str, *args: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, script, *args], cwd=repo / "benchmarks", env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, script, *args], cwd=repo / "benchmarks" / "speed", env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout
@@ -49,8 +49,8 @@ def test_photometric_ops_times_orls_ops(repo: Path) -> None:
     assert "kornia / orl time" in out or "kornia is not importable" in out
 
 
-def _import_script(repo: Path, name: str):
-    sys.path.insert(0, str(repo / "benchmarks"))
+def _import_script(repo: Path, group: str, name: str):
+    sys.path.insert(0, str(repo / "benchmarks" / group))
     try:
         return __import__(name)
     finally:
@@ -65,7 +65,7 @@ def test_box_filter_variants_are_valid_layers_of_the_demo_config(repo: Path) -> 
 
     from orl.data.demo_scenes import World
 
-    script = _import_script(repo, "box_filter_pairs")
+    script = _import_script(repo, "studies", "box_filter_pairs")
     base = yaml.safe_load((repo / "config.yaml").read_text(encoding="utf-8"))
     schema = yaml.safe_load((repo / "workflow" / "schemas" / "config.schema.yaml").read_text(encoding="utf-8"))
     knobs = {f.name for f in dataclasses.fields(World)}
@@ -86,7 +86,7 @@ def test_semi_budget_fine_tunes_an_exported_backbone(repo: Path, tmp_path: Path)
     from orl.bench.crops import write_crops
     from orl.data.demo_scenes import generate_demo_dataset
 
-    script = _import_script(repo, "semi_budget")
+    script = _import_script(repo, "studies", "semi_budget")
     data = tmp_path / "scenes"
     generate_demo_dataset(data, num_train=8, num_val=8, image_size=64)
     crops = tmp_path / "data" / "demo_crops"

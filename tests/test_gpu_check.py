@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh --cpu-smoke runs every part of the GPU check on CPU at tiny sizes, in under 2 minutes."""
+"""benchmarks/gpu/gpu_check.sh --cpu-smoke runs every part of the GPU check on CPU at tiny sizes, in under 2 minutes."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_gpu_check_cpu_smoke(repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     t0 = time.perf_counter()
-    proc = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", "--out", str(out)],
+    proc = subprocess.run(["bash", str(repo / "benchmarks" / "gpu" / "gpu_check.sh"), "--cpu-smoke", "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert time.perf_counter() - t0 < 120

@@ -305,7 +305,7 @@ def test_coco128_smoke(coco128: Path, tmp_path: Path):
     ann = tmp_path / "instances3.json"
     ann.write_text(json.dumps(subset))
     index = _index(tmp_path, coco128 / "images", ann)
-    # max_side keeps this a few seconds; the full-resolution numbers come from benchmarks/proposal_quality_coco128.sh
+    # max_side keeps this a few seconds; the full-resolution numbers come from benchmarks/studies/proposal_quality_coco128.sh
     settings = P.ProposalSettings(max_side=320)
     part = run_shard(index, 0, 1, settings, 1, tmp_path / "p.h5")
     _, qpath, mean_raw = run_gather(index, [part], tmp_path / "proposals.h5")

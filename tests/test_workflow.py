@@ -142,12 +142,12 @@ def test_orl_ablations_train_orl_with_their_overrides(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_study_command_dry_runs(repo: Path, tmp_path: Path) -> None:
-    """benchmarks/study.py --dry-run plans every seed: byol, orl, both ablations and all benchmarks."""
+    """benchmarks/studies/study.py --dry-run plans every seed: byol, orl, both ablations and all benchmarks."""
     import subprocess
     import sys
 
     proc = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "study.py"), "--dry-run", "--seeds", "0", "1", "--root", str(tmp_path)],
+        [sys.executable, str(repo / "benchmarks" / "studies" / "study.py"), "--dry-run", "--seeds", "0", "1", "--root", str(tmp_path)],
         capture_output=True, text=True, cwd=repo,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

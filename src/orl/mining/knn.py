@@ -24,13 +24,13 @@ import numpy as np
 ROUTES = ("auto", "faiss-gpu", "torch", "faiss-cpu", "numpy")
 # Bytes allowed for the (chunk x N) float32 similarity block and its temporaries.
 DEFAULT_MEMORY_BUDGET = 1 << 30
-# Peak bytes per (query x base) block element, measured with benchmarks/knn_routes.py (peak RSS): torch and faiss
+# Peak bytes per (query x base) block element, measured with benchmarks/speed/knn_routes.py (peak RSS): torch and faiss
 # hold the float32 block (faiss tiles internally) plus the tie-resolution rows; numpy's argpartition adds a copy of
 # the block and an int64 index array.
 _BYTES_PER_ELEMENT = {"torch": 8, "faiss-cpu": 8, "faiss-gpu": 8, "numpy": 20}
 # faiss GPU k-selection is limited to k <= 2048 (GPU_MAX_SELECTION_K).
 _FAISS_GPU_MAX_K = 2048
-# Exact CPU routes, fastest first, from benchmarks/knn_routes.py on the project's 2-core AMD EPYC (2 threads, K=10;
+# Exact CPU routes, fastest first, from benchmarks/speed/knn_routes.py on the project's 2-core AMD EPYC (2 threads, K=10;
 # two runs on a shared, busy machine): 10k x 2048: torch 10.3 / 9.2 s, numpy 11.7 / 13.8 s, faiss-cpu 12.5 / 15.6 s;
 # 10k x 256: torch 2.1 / 3.3 s, numpy 2.2 / 6.1 s, faiss-cpu 2.6 / 3.8 s; COCO+ 241,690 x 256 per 1,000 queries:
 # torch 7.9 / 16.5 s, numpy 14.9 / 21.3 s, faiss-cpu 34.0 / 27.5 s. torch (MKL sgemm + topk) is fastest everywhere;

@@ -1,7 +1,7 @@
 """The authors' correspondence mining, as a reference: every query re-embeds its own and its K neighbours' crops.
 
 Not used by the pipeline (orl roi-embed + mine-pairs embeds each image once, ~K+1 times fewer forwards); kept to
-check that caching changes nothing (tests) and to measure what it saves (benchmarks/mining_speed.py).
+check that caching changes nothing (tests) and to measure what it saves (benchmarks/speed/mining_speed.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-rule times of a finished run from Snakemake's benchmark files, as a markdown table sorted by time.
 
-    usage: python benchmarks/rule_times.py RESULTS/benchmarks [--wall SECONDS] [--cores N]
+    usage: python benchmarks/speed/rule_times.py RESULTS/benchmarks [--wall SECONDS] [--cores N]
 
 Every rule writes `benchmark:` <results>/benchmarks/<job>.tsv (Snakemake's columns: s, h:m:s, max_rss, max_vms,
 max_uss, max_pss, io_in, io_out, mean_load, cpu_time); the job is the file's path below that folder without .tsv

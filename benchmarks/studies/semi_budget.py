@@ -7,7 +7,7 @@ timing each run, once per --seeds (the labelled subset, head init and data order
 already in --results/semi_budget are read, not redone. It prints one JSON line per run and a table with chance. It
 is the script behind the README's semi-supervised budget figure. From the repository root, venv active:
 
-    python benchmarks/semi_budget.py --results /tmp/semi-budget --methods random byol orl --seeds 0 1 2
+    python benchmarks/studies/semi_budget.py --results /tmp/semi-budget --methods random byol orl --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from study import REPO, config_layer, demo_snakemake  # benchmarks/study.py: the demo's Snakemake command
+from study import REPO, config_layer, demo_snakemake  # benchmarks/studies/study.py: the demo's Snakemake command
 
 
 def build_inputs(results: Path, methods: list[str], cores: int) -> None:

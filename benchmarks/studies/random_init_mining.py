@@ -2,12 +2,12 @@
 
 At demo scale the 8-epoch BYOL is worse than random init on the crop probes, and its mined pairs land on objects
 less often than random pairs. This script asks whether better pairs would make ORL better. It copies a finished
-results folder (e.g. results/study/seed0 of benchmarks/study.py), replaces pretrain/byol/model.pt there with a
+results folder (e.g. results/study/seed0 of benchmarks/studies/study.py), replaces pretrain/byol/model.pt there with a
 random-init BYOL (same architecture and heads, torch seed --seed), and lets Snakemake redo what depends on it:
 features, kNN, RoI embeddings, pairs and pair quality, then ORL (and its ablations with --ablations) and their
 crop probes and SVM. It prints the pair quality and the benchmark numbers. From the repository root, venv active:
 
-    python benchmarks/random_init_mining.py --source results/study/seed0 --work /tmp/random-mining
+    python benchmarks/studies/random_init_mining.py --source results/study/seed0 --work /tmp/random-mining
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from study import REPO, config_layer, snakemake_command  # benchmarks/study.py: the same config layers
+from study import REPO, config_layer, snakemake_command  # benchmarks/studies/study.py: the same config layers
 
 BENCHES = ("knn_demo", "linear_demo", "voc07_svm")
 

@@ -3,7 +3,7 @@
 # kNN, roi-embed, mine-pairs, gather with --quality, figure) for crop and roi_align modes, with a RANDOM-INIT
 # stage-1 BYOL (no trained model is part of this benchmark: the numbers measure the mining machinery with an
 # untrained backbone, not ORL's trained one). Prints both quality JSONs as a markdown table.
-#   usage: benchmarks/pair_quality_coco128.sh [WORKDIR] [THREADS]     (run from the repository root)
+#   usage: benchmarks/studies/pair_quality_coco128.sh [WORKDIR] [THREADS]     (run from the repository root)
 #   env: IMAGES (first N photos, default 128), MAX_SIDE (selective search on a copy of this longer side, default
 #        full resolution = paper), CROP (crop side, default 224 = paper), IMAGE_SIZE (roi_align short side, 480),
 #        ARCH (resnet18), K (10), MIN_SIZE (box filter, 96 = paper), RATIO (0.1)

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Time budget of the demo: the whole workflow with config.yaml from a fresh results folder, then the per-rule
 # times from its benchmark files (markdown, slowest first). The budget is 10 minutes on 2 cores.
-#   usage: benchmarks/demo_time.sh [WORKDIR] [CORES]          (run from anywhere; WORKDIR must not exist yet)
+#   usage: benchmarks/speed/demo_time.sh [WORKDIR] [CORES]          (run from anywhere; WORKDIR must not exist yet)
 #   WORKDIR defaults to a new temporary folder, removed afterwards unless KEEP=1; CORES defaults to 2.
 # The run uses the repository's Snakefile and config.yaml in WORKDIR (`snakemake --directory`), so results/ there
 # is fresh and the repository's own results/ is never touched. The load average before and after is printed: other
 # work on the machine inflates the times.
 set -euo pipefail
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CORES=${2:-2}
 BUDGET_S=${BUDGET_S:-600}
 export PATH="$REPO/.venv/bin:$PATH"   # the rules call `orl`
@@ -38,7 +38,7 @@ if [[ $status -ne 0 ]]; then
     exit "$status"
 fi
 echo
-"$PY" "$REPO/benchmarks/rule_times.py" "$WORK/results/benchmarks" --wall "$wall" --cores "$CORES"
+"$PY" "$REPO/benchmarks/speed/rule_times.py" "$WORK/results/benchmarks" --wall "$wall" --cores "$CORES"
 echo
 if (( wall > BUDGET_S )); then
     echo "OVER BUDGET: $wall s > $BUDGET_S s"

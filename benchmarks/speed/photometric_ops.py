@@ -8,7 +8,7 @@ ratio. Faithfulness matters as much as speed here: kornia's ColorJitter draws on
 batch, torchvision's (the reference pipeline's) one per image, so kornia cannot reproduce the `cpu` pipeline's views.
 Without kornia, only orl's ops are timed, and a line says so.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/photometric_ops.py --batch 32
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed/photometric_ops.py --batch 32
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Time every kNN route (orl.mining.knn) on random L2-normalised features and print a markdown table.
 
-    .venv/bin/python benchmarks/knn_routes.py                 # 10k x 2048 and 10k x 256, K=10, all routes
-    .venv/bin/python benchmarks/knn_routes.py --coco-plus 2   # + the first 2 chunks of COCO+ (241,690 x 256)
+    .venv/bin/python benchmarks/speed/knn_routes.py                 # 10k x 2048 and 10k x 256, K=10, all routes
+    .venv/bin/python benchmarks/speed/knn_routes.py --coco-plus 2   # + the first 2 chunks of COCO+ (241,690 x 256)
 
 Each (route, size) runs in a fresh subprocess so that its peak resident memory (VmHWM) is its own; the time is the
 best of --repeats runs after loading the data. Every route's indices are compared with the numpy route's.

@@ -13,10 +13,10 @@ With --method orl (stage 3) every measurement also runs for BYOL on the same set
 paper's cost is ~1.4x BYOL per iteration): the synthetic batches gain the four --roi-size RoI tensors, and the
 real-image runs read a synthetic correspondence artifact (random kept boxes, neighbours and pairs); lightly is skipped.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_throughput.py --method orl --arch resnet18 --image-size 64 \
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/speed/train_throughput.py --method orl --arch resnet18 --image-size 64 \
         --batch-size 16 --skip data full
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_throughput.py --arch resnet18 --image-size 96 --batch-size 32
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/speed/train_throughput.py --arch resnet18 --image-size 96 --batch-size 32
 
 --pipeline device (--decode device) runs the real-image measurements through the device input pipeline instead
 (orl.data.device_augment; the data-only number then includes finish_views in this process).
@@ -47,7 +47,7 @@ from orl.stages.pretrain import parse_method_args
 from orl.train.launch import choose_device
 from orl.train.trainer import TrainConfig, Trainer
 
-COCO128 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "images"
+COCO128 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco128" / "images"
 ORL_ROI_KEYS = ("intra1", "intra2", "inter1", "inter2")
 ORL_ONLY_ARGS = ("w_global", "w_intra", "w_inter")  # constructor arguments BYOL does not have
 

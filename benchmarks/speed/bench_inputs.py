@@ -1,4 +1,4 @@
-"""Inputs shared by benchmarks/proposals_speed.py and benchmarks/mining_speed.py: the images and the machine line.
+"""Inputs shared by benchmarks/speed/proposals_speed.py and benchmarks/speed/mining_speed.py: the images and the machine line.
 
 Imported by those scripts as a sibling module (they run as `python benchmarks/<script>.py`).
 """
@@ -15,7 +15,7 @@ from PIL import Image
 from orl.data.images import load_rgb
 from orl.mining.proposals import ImageTask
 
-COCO128 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "images"
+COCO128 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco128" / "images"
 
 
 def cpu_summary() -> str:

@@ -1,10 +1,10 @@
-"""The GPU check's measurements (run by benchmarks/gpu_check.sh): one part per GPU path, one JSON object in the end.
+"""The GPU check's measurements (run by benchmarks/gpu/gpu_check.sh): one part per GPU path, one JSON object in the end.
 
 Parts: `train` (BYOL and ORL images/s, model only on synthetic tensors and with the real loader in both input
 pipelines, the device one with JPEGs decoded in the workers and on the device, peak GPU memory), `ddp` (a
 one-process torchrun run: NCCL + SyncBN on a GPU, gloo on CPU), `knn` (exact kNN, faiss against orl's torch route:
 time and identical neighbours), `photometric` (the device pipeline's batched ops against kornia's, when kornia
-imports; benchmarks/photometric_ops.py), `roi_embed` (RoI-embedding crops/s in fp32 and bf16 and the overlap of
+imports; benchmarks/speed/photometric_ops.py), `roi_embed` (RoI-embedding crops/s in fp32 and bf16 and the overlap of
 the top-T pairs mined from each), `maskrcnn` (torchvision Mask R-CNN R50-FPN training iterations/s on synthetic
 targets). Missing optional packages skip their part with a line saying so; all data is synthetic. --smoke: tiny sizes on whatever device there is (the test runs it on CPU).
 """
@@ -37,6 +37,8 @@ from torch.utils.data import DataLoader
 from orl.data.datasets import SeededSampler
 from orl.data.device_augment import collate_samples, finish_views
 from orl.methods import build_method, build_training_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "speed"))  # the speed benchmarks' timing helpers
 from photometric_ops import measure as measure_photometric, sync_device
 from train_throughput import _images, _machine, _synthetic_correspondence
 

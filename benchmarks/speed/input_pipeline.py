@@ -13,7 +13,7 @@ One JSON line per (method, pipeline, decode) with method, pipeline, decode, cpu_
 and cores_for_1500_per_s (cores one GPU needs to receive 1,500 samples/s), then a table. The `device` pipeline
 runs once per --decode value (default both); `--decode worker` gives exactly one line per (method, pipeline).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/input_pipeline.py --images 32
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed/input_pipeline.py --images 32
 """
 
 from __future__ import annotations

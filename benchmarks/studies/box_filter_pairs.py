@@ -6,7 +6,7 @@ prints, per variant, the share of kept boxes that cover an object and, for mined
 how often both boxes cover an object and how often they cover the same category, with the lifts of mined over
 random. It is the script behind the README's box-filter figures. From the repository root, venv active:
 
-    python benchmarks/box_filter_pairs.py --work /tmp/box-filter --variants filter20 filter40 filter40_plain
+    python benchmarks/studies/box_filter_pairs.py --work /tmp/box-filter --variants filter20 filter40 filter40_plain
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from study import REPO, demo_snakemake  # benchmarks/study.py: the demo's Snakemake command
+from study import REPO, demo_snakemake  # benchmarks/studies/study.py: the demo's Snakemake command
 
 # name -> config layer (YAML flow text) on top of config.yaml; the demo's own filter is 40 px
 VARIANTS: dict[str, str] = {

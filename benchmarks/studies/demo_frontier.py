@@ -6,7 +6,7 @@ with the trainer's online kNN monitor on (weighted kNN, cosine, k = 20, T = 0.07
 features of the crops; its step-0 value is the random init). It prints one JSON line per (variant, evaluation)
 and writes them to --out. It is the script behind the README's frontier curve.
 
-    python benchmarks/demo_frontier.py --variants big3 --epochs 8 --out /tmp/frontier.jsonl
+    python benchmarks/studies/demo_frontier.py --variants big3 --epochs 8 --out /tmp/frontier.jsonl
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How much bf16 extraction changes the kNN lists and the mined RoI pairs, against fp32, on coco128.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bf16_mining_overlap.py --images ../shared/data/coco128
+    PYTHONPATH=src .venv/bin/python benchmarks/speed/bf16_mining_overlap.py --images ../shared/data/coco128
 
 Runs the same network twice over the same inputs, once in fp32 and once under CPU bf16 autocast (the GPU stages'
 `precision: bf16`): the feature bank (online backbone + projector, 224 px centre crop) and the RoI embeddings

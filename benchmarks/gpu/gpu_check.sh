@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The prepared GPU check: every GPU path of orl in one short run (benchmarks/gpu_check.py has the parts), a JSON
+# The prepared GPU check: every GPU path of orl in one short run (benchmarks/gpu/gpu_check.py has the parts), a JSON
 # file and a table. Needs torch, torchvision, h5py, numpy, scikit-learn, Pillow, tqdm and `pip install --no-deps -e .`;
 # faiss is optional (its comparison is skipped with a line saying so). All data is synthetic.
-#   bash benchmarks/gpu_check.sh [--out gpu_check.json]            # on a machine with one NVIDIA GPU
-#   bash benchmarks/gpu_check.sh --cpu-smoke [--out smoke.json]    # every part at tiny sizes on CPU, < 2 minutes
+#   bash benchmarks/gpu/gpu_check.sh [--out gpu_check.json]            # on a machine with one NVIDIA GPU
+#   bash benchmarks/gpu/gpu_check.sh --cpu-smoke [--out smoke.json]    # every part at tiny sizes on CPU, < 2 minutes
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="gpu_check.json"

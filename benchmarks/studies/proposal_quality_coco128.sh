@@ -2,7 +2,7 @@
 # Proposal quality on the 128 real COCO photos of ../shared/data/coco128 (paper settings: OpenCV fast selective
 # search at full resolution; §2d filter with min size 96): recall of ground-truth boxes at IoU 0.5 / 0.7 by the raw
 # and by the filtered boxes, boxes per image. ~5 min on 2 cores.
-#   usage: benchmarks/proposal_quality_coco128.sh [WORKDIR] [THREADS]     (run from the repository root)
+#   usage: benchmarks/studies/proposal_quality_coco128.sh [WORKDIR] [THREADS]     (run from the repository root)
 set -euo pipefail
 COCO=${COCO128:-../shared/data/coco128}
 WORK=${1:-results/bench_proposals_coco128}

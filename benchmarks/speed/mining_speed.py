@@ -8,7 +8,7 @@ ResNet (timing only). Backbone forwards are counted by the embedder (crops; imag
 markdown table with the machine. With --naive-queries M the naive algorithm runs on the first M queries only and
 its time is extrapolated to all queries in proportion to the (exactly counted) forwards (marked "extrapolated").
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/mining_speed.py --images 12 --k 10 --arch resnet18 --crop-size 112
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/speed/mining_speed.py --images 12 --k 10 --arch resnet18 --crop-size 112
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ training seed set to the seed, into <root>/seed<k>/. The demo world itself (demo
 vary the training only. Then orl.viz.study gathers every benchmark, the pair quality and the kNN-monitor curves
 into <root>/study.{csv,md,png}. From the repository root, with the venv active:
 
-    python benchmarks/study.py                      # 3 seeds, about 75 minutes on 2 cores
-    python benchmarks/study.py --dry-run            # what would run
-    python benchmarks/study.py --gather-only        # rebuild the table and figure from finished seeds
+    python benchmarks/studies/study.py                      # 3 seeds, about 75 minutes on 2 cores
+    python benchmarks/studies/study.py --dry-run            # what would run
+    python benchmarks/studies/study.py --gather-only        # rebuild the table and figure from finished seeds
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def config_layer(path: Path, results: Path, seed: int) -> Path:

@@ -4,7 +4,7 @@ Runs on the first --images photos of ../shared/data/coco128 when present (else s
 resolution unless --max-side is given, and prints a markdown table with the machine it ran on. Also times the §2d
 box filter on the raw boxes it produced.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/proposals_speed.py --images 4
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed/proposals_speed.py --images 4
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# Sourced by the benchmarks/*_coco128.sh scripts (needs $PY): run a pipeline stage.
+# Sourced by the benchmarks/studies/*_coco128.sh scripts (needs $PY): run a pipeline stage.
 # `orl <stage>` once the stage is registered in orl.cli; the same add_arguments/run pair directly otherwise.
 stage() {
     local name=$1 module=$2; shift 2

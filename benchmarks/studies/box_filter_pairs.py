@@ -4,7 +4,7 @@ Each variant is the demo pipeline (demo config, one config layer) up to `mining/
 BYOL stage 1, features and kNN, selective search and the box filter, RoI embeddings and the mined pairs. The script
 prints, per variant, the share of kept boxes that cover an object and, for mined and random pairs of the same boxes,
 how often both boxes cover an object and how often they cover the same category, with the lifts of mined over
-random. It is the script behind the README's box-filter figures. From the repository root, venv active:
+random. It is the script behind the box-filter figures of docs/results.md. From the repository root, venv active:
 
     python benchmarks/studies/box_filter_pairs.py --work /tmp/box-filter --variants filter20 filter40 filter40_plain
 """

@@ -4,7 +4,7 @@ For each world variant (knobs of orl.data.demo_scenes.World, image size, view si
 demo scenes and their object crops, trains BYOL with `orl pretrain`
 with the trainer's online kNN monitor on (weighted kNN, cosine, k = 20, T = 0.07, on frozen L2-normalised GAP
 features of the crops; its step-0 value is the random init). It prints one JSON line per (variant, evaluation)
-and writes them to --out. It is the script behind the README's frontier curve.
+and writes them to --out. It is the script behind the frontier curve of docs/results.md.
 
     python benchmarks/studies/demo_frontier.py --variants big3 --epochs 8 --out /tmp/frontier.jsonl
 """

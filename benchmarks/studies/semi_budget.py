@@ -5,7 +5,7 @@ builds, through Snakemake on the demo config, the exported backbones of --method
 --results (reusing what is there), then fine-tunes each backbone with `orl bench-semi` at --percent and --epochs,
 timing each run, once per --seeds (the labelled subset, head init and data order). Runs whose result JSON is
 already in --results/semi_budget are read, not redone. It prints one JSON line per run and a table with chance. It
-is the script behind the README's semi-supervised budget figure. From the repository root, venv active:
+is the script behind the semi-supervised budget figures of docs/results.md. From the repository root, venv active:
 
     python benchmarks/studies/semi_budget.py --results /tmp/semi-budget --methods random byol orl --seeds 0 1 2
 """

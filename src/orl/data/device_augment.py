@@ -329,7 +329,7 @@ def finish_views(batch: Mapping[str, Any], device: torch.device | str) -> dict[s
 
 
 def resolve_pipeline(pipeline: str, device: torch.device | str) -> str:
-    """'auto' -> 'device' when training on a GPU, 'cpu' otherwise (see the README's performance section)."""
+    """'auto' -> 'device' when training on a GPU, 'cpu' otherwise (docs/performance.md, Input pipelines)."""
     if pipeline == "auto":
         return "device" if torch.device(device).type == "cuda" else "cpu"
     if pipeline not in PIPELINES:

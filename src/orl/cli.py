@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Sequence
 
 from orl import __version__
+from orl.data.loader_workers import worker_error_line
 
 # Sub-command -> (stage module, one-line help). Modules are imported only when their command runs,
 # so `orl --help` does not pay for importing torch.
@@ -112,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one clean line for users, full traceback with ORL_DEBUG=1
         if os.environ.get("ORL_DEBUG"):
             raise
-        print(f"orl {name}: error: {e}", file=sys.stderr)
+        # A DataLoader worker's error arrives as its whole traceback: show the worker's own last line.
+        print(f"orl {name}: error: {worker_error_line(e) or e}", file=sys.stderr)
         return 1
     return 0
 

@@ -36,6 +36,7 @@ from orl.artifacts import write_json_atomic
 from orl.bench import coco_data, coco_eval
 from orl.bench.detection_model import HeadSizes, build_mask_rcnn, norm_parameters, to_sync_bn
 from orl.bench.weights import infer_arch, read_backbone_state, sha256_file
+from orl.data.loader_workers import ignore_stop_signals, stop_workers_on_error
 from orl.train import checkpoint as ckpt
 from orl.train.launch import Runtime, seed_everything
 
@@ -139,12 +140,6 @@ class _StopFlag:
         flag = torch.tensor([self.signum], dtype=torch.int64, device=rt.device)
         tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
         return int(flag.item())
-
-
-def _ignore_stop_signals(_worker_id: int) -> None:
-    # Workers are forked while our handler is installed; the main process alone decides when to stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class Interrupted(SystemExit):
@@ -257,14 +252,14 @@ def train(model: nn.Module, dataset: coco_data.CocoInstances, cfg: DetectionConf
     # global stream (scale choices, RoI sampling) would be shifted by that one draw.
     loader = DataLoader(dataset, batch_sampler=stream, collate_fn=coco_data.collate, num_workers=workers,
                         pin_memory=rt.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
-                        worker_init_fn=_ignore_stop_signals)
+                        worker_init_fn=ignore_stop_signals)  # the main process alone decides when to stop
     amp = cfg.precision == "bf16" and rt.device.type == "cuda"
     stop = _StopFlag()
     net.train()
     t0 = window = time.perf_counter()
     logged = start
-    with stop.installed():
-        batches = iter(loader)
+    # Any error (a worker's unreadable image included) stops the signal-ignoring workers, so the run ends.
+    with stop.installed(), stop_workers_on_error(loader) as batches:
         for step in range(start, cfg.iterations):
             lr = detection_lr(step, cfg)
             for group in optimizer.param_groups:
@@ -307,10 +302,11 @@ def predict(model: nn.Module, dataset: coco_data.CocoInstances, rt: Runtime, wor
     share = Subset(dataset, list(range(rt.rank, len(dataset), rt.world_size)))
     loader = DataLoader(share, batch_size=1, collate_fn=coco_data.collate, num_workers=workers)
     results: list[dict] = []
-    for images, targets in loader:
-        outputs = model([im.to(rt.device) for im in images])
-        for target, output in zip(targets, outputs):
-            results.extend(coco_eval.detections_to_coco(target["image_id"], output, dataset.category_ids))
+    with stop_workers_on_error(loader) as batches:
+        for images, targets in batches:
+            outputs = model([im.to(rt.device) for im in images])
+            for target, output in zip(targets, outputs):
+                results.extend(coco_eval.detections_to_coco(target["image_id"], output, dataset.category_ids))
     return results
 
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from orl import __version__
 from orl.data.datasets import SeededSampler
 from orl.data.device_augment import collate_samples, finish_views
+from orl.data.loader_workers import ignore_stop_signals, stop_workers
 from orl.methods import Method, build_method
 from orl.train import checkpoint as ckpt
 from orl.train.knn_monitor import COLUMN as KNN_COLUMN
@@ -97,13 +98,6 @@ class NonFiniteLossError(FloatingPointError):
 
 def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
-
-
-def _worker_init(_worker_id: int) -> None:
-    # The main process decides when to stop; a worker killed by the same SIGTERM/SIGINT (sent to the whole
-    # process group by SLURM or Ctrl-C) would crash the main process before it can finish the step and save.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def build_optimizer(method: Method, cfg: TrainConfig, global_batch: int) -> tuple[torch.optim.Optimizer, float, dict]:
@@ -375,7 +369,9 @@ class Trainer:
             pin_memory=on_gpu,
             drop_last=False,  # the sampler already yields whole global batches only
             persistent_workers=cfg.workers > 0,
-            worker_init_fn=_worker_init if cfg.workers > 0 else None,
+            # Workers ignore the group-wide SIGTERM/SIGINT (the main process finishes the step and saves); on any
+            # error the except below stops them, else the exit would wait for them forever (orl.data.loader_workers).
+            worker_init_fn=ignore_stop_signals if cfg.workers > 0 else None,
         )
         log = MetricsLog(self.out_dir, start_step) if rt.is_main else None
         bar = tqdm(total=total_steps, initial=start_step, disable=not rt.is_main, dynamic_ncols=True,
@@ -445,6 +441,9 @@ class Trainer:
                 tdist.barrier(group=self._cpu_group)
             return TrainResult(True, step, total_steps, model_path=self.out,
                                checkpoint=ckpt.latest_checkpoint(self.ckpt_dir))
+        except BaseException:
+            stop_workers(loader)  # a worker error, NaN loss or second Ctrl-C: the workers must not outlive us
+            raise
         finally:
             bar.close()
             if log is not None:

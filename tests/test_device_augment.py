@@ -366,3 +366,64 @@ def test_device_views_of_real_photos_match_the_cpu_pipeline(coco128: Path, tmp_p
             continue
         d = (A.denormalize(batch[key]) - A.denormalize(value)).abs() * 255
         assert d.flatten(1).mean(1).max() < 3.5 and d.mean() < 2.0, (key, d.flatten(1).mean(1))
+
+
+def _raw_batch(n: int = 6, size: int = 16) -> dict:
+    """A collated device-pipeline batch of random images with BYOL's two views."""
+    torch.manual_seed(0)
+    samples = []
+    for i in range(n):
+        img = torch.randint(0, 256, (3, 30 + i, 40), dtype=torch.uint8)
+        pil = Image.new("RGB", (40, 30 + i))
+        views = [D.DeviceViewTransform(recipe, size)(pil) for recipe in A.BYOL_VIEWS]
+        samples.append({"images": [img], "image_paths": [f"{i}.jpg"], **D.view_entries("view1", views[0]),
+                        **D.view_entries("view2", views[1])})
+    return D.collate_samples(samples)
+
+
+def test_finish_views_sends_each_views_parameters_in_one_non_blocking_copy(monkeypatch) -> None:
+    """On the 'meta' device (a stand-in for CUDA: any read of device data back to the host fails there), a batch's
+    CPU -> device copies are its images plus one per view key, none blocking; the constants are made once."""
+    real_to, copies = torch.Tensor.to, []
+
+    def counting_to(self, *args, **kwargs):
+        out = real_to(self, *args, **kwargs)
+        if out.device != self.device and self.device.type == "cpu":
+            image = self.dtype == torch.uint8 and self.ndim == 3
+            copies.append(("image" if image else "rows", bool(kwargs.get("non_blocking", False))))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    D.finish_views(_raw_batch(), "meta")  # the first batch also makes the constants
+    copies.clear()
+    out = D.finish_views(_raw_batch(), "meta")
+    assert out["view1"].device.type == "meta" and out["view2"].shape == (6, 3, 16, 16)
+    assert all(non_blocking for _, non_blocking in copies), copies
+    assert sorted(kind for kind, _ in copies) == ["image"] * 6 + ["rows"] * 2, copies
+
+
+def test_the_gpu_blur_has_one_shape_per_batch_size_and_the_same_values(monkeypatch) -> None:
+    """fixed_shapes (CUDA's default): batches with different blur draws run convolutions of the same shape (so
+    cudnn.benchmark tunes once), with the values of blurring only the drawn rows."""
+    real_conv, shapes = torch.nn.functional.conv2d, []
+
+    def recording_conv(x, w, *args, **kwargs):
+        shapes.append((tuple(x.shape), tuple(w.shape)))
+        return real_conv(x, w, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", recording_conv)
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(8, 3, 20, 20, generator=g)
+    seen = {}
+    for blurred, sigma in (([1, 4], 0.5), ([0, 2, 3, 5, 7], 1.9)):
+        photo = torch.zeros(8, D.PHOTO_SIZE)
+        photo[blurred, D.BLUR] = 1.0
+        photo[:, D.SIGMA] = torch.linspace(0.1, sigma, 8)
+        for fixed in (True, False):
+            shapes.clear()
+            out = D.photometric(pixels.clone(), photo, fixed_shapes=fixed)
+            seen.setdefault(fixed, []).append(list(shapes))
+            if fixed:
+                ref = out
+        torch.testing.assert_close(ref, out, atol=1e-5, rtol=0)
+    assert seen[True][0] == seen[True][1] and seen[False][0] != seen[False][1]

@@ -78,7 +78,8 @@ def gaussian_blur(
         kernel_size = blur_kernel_size(float(sigma.max()))
     out_dtype = x.dtype
     y = x.float().reshape(1, n * c, h, w)
-    k = gaussian_kernel1d(sigma.to(y.device), kernel_size).repeat_interleave(c, dim=0)  # (n*c, k)
+    # (n*c, k); sigma.to is no copy for the device pipeline, whose photometric sends sigma with the other rows.
+    k = gaussian_kernel1d(sigma.to(y.device), kernel_size).repeat_interleave(c, dim=0)
     pad = kernel_size // 2
     # Two 1-d passes (k + k multiply-adds per pixel instead of k * k); grouped conv = one kernel per (image, channel).
     y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode=padding), k[:, None, None, :], groups=n * c)

@@ -12,12 +12,17 @@ Device side (`finish_views`): each view is cropped from its image (zero padding 
 resized with antialiased bilinear interpolation (torch's PIL-like filter) and flipped, then colour jitter in each
 sample's own order of the four factors, grayscale, separable Gaussian blur (replicate padding, untruncated, as
 PIL), solarize and ImageNet normalisation; float32 in [0, 1] throughout (no 8-bit rounding between ops). Plain
-torch ops: the same code runs on CPU tensors (tested) and on CUDA.
+torch ops: the same code runs on CPU tensors (tested) and on CUDA. No host-device sync: every decision (which rows
+a step touches, the blur kernel size) is made on the CPU copy of the parameter rows, each view key's rows and row
+indices reach the device in one pinned, non-blocking copy, and the constants are made once per device. On CUDA the
+blur runs on every row with one kernel size (unblurred rows are kept by a select), so its grouped convolution has
+the same shape in every batch and cudnn.benchmark (orl.train.launch) never re-tunes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -26,7 +31,8 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
-from orl.data.augment import IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD, ViewRecipe, blur_kernel_size, gaussian_blur
+from orl.data.augment import (BLUR_SIGMA, IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD, ViewRecipe,
+                              blur_kernel_size, gaussian_blur)
 from orl.data.device_decode import decode_on_device, is_encoded
 
 PIPELINES = ("cpu", "device")
@@ -47,6 +53,8 @@ FACTORS = (BRIGHTNESS, CONTRAST, SATURATION, HUE)  # ColorJitter's fn ids 0..3 i
 NEUTRAL = (1.0, 1.0, 1.0, 0.0)
 # Gray level of torchvision's rgb_to_grayscale (ITU-R 601-2 luma, as PIL's "L" conversion).
 LUMA = (0.2989, 0.587, 0.114)
+# hsv_to_rgb: hue sector i -> indices of (r, g, b) among (v, q, p, t), the standard table.
+HSV_SECTORS = ((0, 3, 2), (1, 0, 2), (2, 0, 3), (2, 1, 0), (3, 2, 0), (0, 2, 1))
 
 
 class RawView(NamedTuple):
@@ -139,14 +147,35 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# ----------------------------------------------------------------------------------------- host -> device, once
+def to_device_once(parts: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
+    """CPU tensors (float32, int64 below 2**24, bool) on `device` in one copy: pinned and non-blocking on CUDA."""
+    device = torch.device(device)
+    flat = torch.cat([p.reshape(-1).float() for p in parts])
+    if device.type == "cuda":
+        flat = flat.pin_memory()  # a pageable source would make the "non-blocking" copy wait for the stream
+    flat = flat.to(device, non_blocking=True)
+    return [f.view(p.shape).to(p.dtype) for f, p in zip(flat.split([p.numel() for p in parts]), parts)]
+
+
+@functools.lru_cache(maxsize=None)
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return to_device_once([torch.tensor(values, dtype=dtype)], device)[0]
+
+
+def device_constant(values: tuple, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """A small constant tensor on `device`, made once per (values, device, dtype)."""
+    return _constant(values, torch.device(device), dtype)
+
+
 # ------------------------------------------------------------------------------------------ batched ops, [0, 1]
 def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+    return v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)  # no copy: photometric passes device rows
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) float -> (N, 1, H, W) luma."""
-    w = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    w = device_constant(LUMA, x.device, x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(dim=1, keepdim=True)
 
 
@@ -190,8 +219,7 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     f = h6 - i
     i = i.long().remainder(6)
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    # Sector i -> (r, g, b) from (v, q, p, t): the standard table, gathered per pixel.
-    table = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]], device=x.device)
+    table = device_constant(HSV_SECTORS, x.device, torch.int64)  # sector -> (r, g, b) from (v, q, p, t)
     candidates = torch.stack((v, q, p, t), dim=1)  # (N, 4, H, W)
     idx = table[i].permute(0, 3, 1, 2)  # (N, 3, H, W)
     return candidates.gather(1, idx)
@@ -214,42 +242,60 @@ def solarize(x: torch.Tensor) -> torch.Tensor:
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """ImageNet mean/std normalisation of [0, 1] images."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = device_constant(IMAGENET_MEAN, x.device, x.dtype).view(1, 3, 1, 1)
+    std = device_constant(IMAGENET_STD, x.device, x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
-def _apply_subset(x: torch.Tensor, rows: torch.Tensor, op: Any, *args: torch.Tensor) -> torch.Tensor:
-    # rows: CPU bool mask; index on the device with it (the parameters stay on CPU, so no device sync here).
-    idx = rows.nonzero().flatten()
-    if len(idx) == 0:
-        return x
-    if len(idx) == x.shape[0]:
+def _apply_rows(x: torch.Tensor, rows: torch.Tensor | None, op: Any, *args: torch.Tensor) -> torch.Tensor:
+    # rows: None (all rows) or a device index of some rows; args: one device value per row of x.
+    if rows is None:
         return op(x, *args)
-    dev_idx = idx.to(x.device, non_blocking=True)
     x = x.clone()
-    x[dev_idx] = op(x[dev_idx], *(a[idx] for a in args))
+    x[rows] = op(x[rows], *(a[rows] for a in args))
     return x
 
 
-def photometric(pixels: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) views (uint8, or float in [0, 1]) on any device + (N, PHOTO_SIZE) CPU parameters -> normalised."""
+def photometric(pixels: torch.Tensor, photo: torch.Tensor, fixed_shapes: bool | None = None) -> torch.Tensor:
+    """(N, 3, H, W) views (uint8, or float in [0, 1]) on any device + (N, PHOTO_SIZE) CPU parameters -> normalised.
+
+    fixed_shapes (default: on CUDA): blur every row with one kernel size and keep the unblurred rows by a select, so
+    the blur's convolution has one shape per batch size; otherwise blur only the rows that draw it.
+    """
     if photo.ndim != 2 or photo.shape != (pixels.shape[0], PHOTO_SIZE):
         raise ValueError(f"expected ({pixels.shape[0]}, {PHOTO_SIZE}) photometric parameters, got {tuple(photo.shape)}")
     photo = photo.cpu()
     x = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
-    jitter = photo[:, JITTER] > 0
-    order = photo[:, ORDER : ORDER + 4].long()
-    for pos in range(4):
-        for fn_id, op in enumerate(JITTER_OPS):
-            x = _apply_subset(x, jitter & (order[:, pos] == fn_id), op, photo[:, FACTORS[fn_id]])
-    gray = photo[:, GRAY] > 0
-    x = _apply_subset(x, gray, lambda t: grayscale(t).expand_as(t).contiguous())
-    blur = photo[:, BLUR] > 0
+    n = x.shape[0]
+    fixed = x.device.type == "cuda" if fixed_shapes is None else fixed_shapes
+    # Every decision on the CPU rows: the steps in the order they run, each with its rows and its per-row arguments
+    # (a parameter column, or "sigma" / "blur" below).
+    jitter, order, blur = photo[:, JITTER] > 0, photo[:, ORDER : ORDER + 4].long(), photo[:, BLUR] > 0
+    steps: list[tuple[torch.Tensor, Any, tuple[int | str, ...]]] = [
+        (jitter & (order[:, pos] == fn_id), op, (FACTORS[fn_id],))
+        for pos in range(4) for fn_id, op in enumerate(JITTER_OPS)
+    ]
+    steps.append((photo[:, GRAY] > 0, lambda t: grayscale(t).expand_as(t).contiguous(), ()))
     if blur.any():
-        k = blur_kernel_size(float(photo[blur, SIGMA].max()))
-        x = _apply_subset(x, blur, lambda t, s: gaussian_blur(t, s, k), photo[:, SIGMA])
-    x = _apply_subset(x, photo[:, SOLARIZE] > 0, solarize)
+        # One kernel size for the recipes' whole sigma range (17 taps): untruncated for every row, and one shape.
+        k = blur_kernel_size(max(BLUR_SIGMA[1], float(photo[blur, SIGMA].max())))
+        if fixed:
+            steps.append((torch.ones(n, dtype=torch.bool),
+                          lambda t, s, b: torch.where(b.view(-1, 1, 1, 1), gaussian_blur(t, s, k), t),
+                          ("sigma", "blur")))
+        else:
+            steps.append((blur, lambda t, s: gaussian_blur(t, s, k), ("sigma",)))
+    steps.append((photo[:, SOLARIZE] > 0, solarize, ()))
+    indices = [mask.nonzero().flatten() for mask, _, _ in steps]
+    partial = [idx for idx in indices if 0 < len(idx) < n]
+    sigma = torch.where(blur, photo[:, SIGMA], torch.ones(n))  # unblurred rows: any valid sigma, result unused
+    dev_photo, dev_sigma, dev_blur, *dev_partial = to_device_once([photo, sigma, blur, *partial], x.device)
+    named = {"sigma": dev_sigma, "blur": dev_blur}
+    sent = iter(dev_partial)
+    for (_, op, args), idx in zip(steps, indices):
+        if len(idx):
+            rows = None if len(idx) == n else next(sent)
+            x = _apply_rows(x, rows, op, *(named[a] if isinstance(a, str) else dev_photo[:, a] for a in args))
     return normalize(x)
 
 
@@ -269,8 +315,8 @@ def crop_resize_flip(images: list[list[torch.Tensor]], geo: torch.Tensor) -> tor
     """The views of a batch from their samples' uint8 images and (N, GEO_SIZE) geometry rows -> float (N, 3, S, S).
 
     Antialiased bilinear resize (torch's PIL-like filter, half-pixel centres) of each crop, one sample at a time:
-    crops differ in size. Then one concatenation and one flip of the flipped rows, so a view costs about two kernel
-    launches on a GPU. Values stay float in [0, 1], unrounded.
+    crops differ in size; the flipped ones are flipped as they come. Then one concatenation, so a view costs two or
+    three kernel launches on a GPU and no host-device transfer. Values stay float in [0, 1], unrounded.
     """
     rows = geo.cpu().tolist()
     if geo.ndim != 2 or geo.shape[1] != GEO_SIZE or len(rows) != len(images):
@@ -279,17 +325,12 @@ def crop_resize_flip(images: list[list[torch.Tensor]], geo: torch.Tensor) -> tor
     if len(sides) != 1:
         raise ValueError(f"the views of one key must share their side, got {sorted(sides)}")
     side = sides.pop()
-    views = [
-        F.interpolate(padded_crop(images[n][source], x, y, w, h).float()[None], size=(side, side), mode="bilinear",
-                      align_corners=False, antialias=True)
-        for n, (source, x, y, w, h, _, _) in enumerate(rows)
-    ]
-    out = torch.cat(views).div_(255.0).clamp_(0, 1)
-    flipped = torch.tensor([n for n, r in enumerate(rows) if r[FLIP]], dtype=torch.long)
-    if len(flipped):
-        idx = flipped.to(out.device, non_blocking=True)
-        out[idx] = out[idx].flip(-1)
-    return out
+    views = []
+    for n, (source, x, y, w, h, flip, _) in enumerate(rows):
+        view = F.interpolate(padded_crop(images[n][source], x, y, w, h).float()[None], size=(side, side),
+                             mode="bilinear", align_corners=False, antialias=True)
+        views.append(view.flip(-1) if flip else view)  # flipped here: no row index to send to the device
+    return torch.cat(views).div_(255.0).clamp_(0, 1)
 
 
 def device_images(batch: Mapping[str, Any], device: torch.device | str) -> list[list[torch.Tensor]]:

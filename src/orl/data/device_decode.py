@@ -124,7 +124,7 @@ def _decode(encoded: list[torch.Tensor], paths: list[str], device: torch.device)
 
 
 def _decode_with_pil(data: torch.Tensor, path: str, device: torch.device, error: RuntimeError) -> torch.Tensor:
-    """A JPEG the decoder rejected, decoded by PIL on the CPU and copied to `device`; ImageReadError if PIL fails too."""
+    """A JPEG the decoder rejected, decoded by PIL on the CPU, copied to `device`; ImageReadError if PIL fails too."""
     try:
         img = open_rgb(path, data.numpy().tobytes())
     except ImageReadError as e:

@@ -3,7 +3,9 @@
 Training checkpoints (`ckpt-<step>.pt` in a folder beside the declared output) hold everything needed to continue
 bit-for-bit: model, optimiser, grad scaler, position, RNG states, config. The final file (`model.pt`, written once)
 holds only {"method", "hparams", "state_dict", "meta"}. Both are written atomically: a temporary file in the same
-folder, fsync, os.replace; a crash leaves either the old file or the new one, never half of one.
+folder, fsync, os.replace; a crash leaves either the old file or the new one, never half of one. Every read checks
+the CRC-32 that torch.save's zip container stores for each tensor, so a flipped bit is refused with the file's name
+(on resume a corrupt checkpoint is skipped, like a truncated one), and model weights must be finite.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import random
 import re
 import warnings
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,26 +55,76 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+class CorruptWeightsError(RuntimeError):
+    """A model or checkpoint file fails its CRC-32 check or holds non-finite weights; the message names it."""
+
+
+def verify_crc(path: str | os.PathLike) -> None:
+    """Raise CorruptWeightsError naming `path` when a member of its zip container fails its stored CRC-32."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return  # not torch's zip format (truncated, HDF5, legacy pickle): torch.load names the problem
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise CorruptWeightsError(f"{path}: unreadable zip container ({e})") from e
+    if bad is not None:
+        raise CorruptWeightsError(
+            f"{path}: corrupt file: {bad.split('/', 1)[-1]} fails its CRC-32 check (disk or copy error); "
+            "delete it and rerun the stage that wrote it"
+        )
+
+
+def nonfinite_tensors(weights: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in `weights` that hold NaN or inf."""
+    return [k for k, v in weights.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _check_finite(path: Path, weights: Mapping[str, Any]) -> None:
+    bad = nonfinite_tensors(weights)
+    if bad:
+        raise CorruptWeightsError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or inf (e.g. {', '.join(bad[:3])}); the training diverged "
+            "or the file is damaged: rerun the training that wrote it"
+        )
+
+
 def _load(path: Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    verify_crc(path)
     # weights_only: our checkpoints hold only tensors and plain Python containers, so the safe loader suffices.
     return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
-def is_valid_checkpoint(path: str | os.PathLike) -> bool:
-    """True when `path` loads (memory-mapped, so cheap) and has every checkpoint key."""
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` is not a usable training checkpoint (unreadable, CRC mismatch, keys, non-finite weights), or None."""
+    path = Path(path)
     try:
-        state = _load(Path(path), mmap=True)
-    except Exception:  # noqa: BLE001 - any failure to read means "not usable"
-        return False
-    return isinstance(state, dict) and all(k in state for k in CHECKPOINT_KEYS)
+        state = _load(path, mmap=True)
+        if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+            return "not a complete training checkpoint"
+        if isinstance(state["model"], Mapping):
+            _check_finite(path, state["model"])
+    except CorruptWeightsError as e:
+        return str(e).removeprefix(f"{path}: ")
+    except Exception as e:  # noqa: BLE001 - any failure to read means "not usable"
+        return f"unreadable ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+    return None
+
+
+def is_valid_checkpoint(path: str | os.PathLike) -> bool:
+    """True when `path` loads (memory-mapped), passes its CRC check, has every key and finite weights."""
+    return checkpoint_problem(path) is None
 
 
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The newest readable checkpoint in `folder`, skipping corrupt or partial files (with a warning); None if none."""
+    """The newest usable checkpoint in `folder`, skipping corrupt or partial files (with a warning); None if none."""
     for path in list_checkpoints(folder):
-        if is_valid_checkpoint(path):
+        problem = checkpoint_problem(path)
+        if problem is None:
             return path
-        warnings.warn(f"skipping unreadable checkpoint {path}", stacklevel=2)
+        warnings.warn(f"skipping unreadable checkpoint {path} ({problem}); falling back to an older one", stacklevel=2)
     return None
 
 
@@ -159,6 +213,8 @@ def load_pretrained(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Mo
     path = Path(path)
     try:
         state = _load(path, map_location=map_location)
+    except CorruptWeightsError:
+        raise
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise RuntimeError(f"{path}: {_not_a_model(path, e)}") from e
     if not isinstance(state, dict) or "method" not in state or "hparams" not in state:
@@ -166,6 +222,7 @@ def load_pretrained(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Mo
     weights = state.get("state_dict", state.get("model"))
     if weights is None:
         raise RuntimeError(f"{path}: holds no weights ('state_dict' or 'model')")
+    _check_finite(path, weights)  # NaN weights would otherwise become all-NaN features or exported backbones
     method = build_method(state["method"], **state["hparams"])
     method.load_state_dict(weights, strict=True)
     return method.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()

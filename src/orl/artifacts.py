@@ -4,6 +4,8 @@ Every artifact carries the same root attributes (format version, stage, the dige
 a digest of the stage's parameters, package version, creation time). Writes go to a temporary file in the target
 folder, are validated after reopening, and only then renamed into place, so a crash never leaves a file at the
 final path. Ragged per-image data (boxes, pairs) is stored as CSR: a flat `values` array plus int64 `offsets`.
+Every numeric dataset, small or large, carries a Fletcher-32 checksum per chunk, and a read that fails its checksum
+or its decompression is reported as an ArtifactError naming the file and the dataset.
 """
 
 from __future__ import annotations
@@ -130,8 +132,38 @@ def _write_array(group: h5py.Group, name: str, data: np.ndarray) -> None:
         # Chunk along rows so a reader can pull one image's slice without loading the rest.
         row_bytes = max(1, data.itemsize * int(np.prod(data.shape[1:], dtype=np.int64)))
         rows = int(max(1, min(data.shape[0], (1 << 20) // row_bytes)))
-        kwargs = dict(chunks=(rows, *data.shape[1:]), compression="gzip", compression_opts=4, shuffle=True)
+        kwargs = dict(chunks=(rows, *data.shape[1:]), compression="gzip", compression_opts=4, shuffle=True,
+                      fletcher32=True)
+    elif data.size > 0 and data.ndim >= 1:
+        kwargs = dict(chunks=data.shape, fletcher32=True)  # one chunk: the checksum needs a chunked layout
     group.create_dataset(name, data=data, **kwargs)
+
+
+def _corrupt(path: Path, name: str, error: OSError) -> ArtifactError:
+    return ArtifactError(f"{path}: dataset {name.lstrip('/')} cannot be read: the file is damaged "
+                         f"({str(error).splitlines()[0]}); rerun the stage that wrote it")
+
+
+class CheckedDataset:
+    """An h5py dataset whose reads name the artifact and the dataset when the file is damaged."""
+
+    def __init__(self, dataset: h5py.Dataset, path: Path, name: str | None = None) -> None:
+        self._dataset, self._path, self._name = dataset, path, name or dataset.name
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self._dataset[key]
+        except OSError as e:  # checksum mismatch, a gzip stream that does not inflate, a truncated file
+            raise _corrupt(self._path, self._name, e) from e
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self[()], dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __getattr__(self, name: str) -> Any:  # shape, dtype, ndim, asstr, ... of the h5py dataset
+        return getattr(self._dataset, name)
 
 
 def write_artifact(
@@ -257,23 +289,23 @@ class Artifact:
         """Load a whole dataset into memory (strings come back as str objects)."""
         ds = self._dataset(name)
         if h5py.check_string_dtype(ds.dtype) is not None:
-            return np.array(ds.asstr()[()], dtype=object)
-        return ds[()]
+            return np.array(CheckedDataset(ds.asstr(), self.path, name)[()], dtype=object)
+        return CheckedDataset(ds, self.path)[()]
 
-    def dataset(self, name: str) -> h5py.Dataset:
-        """The lazy h5py dataset, for slicing large arrays without loading them."""
-        return self._dataset(name)
+    def dataset(self, name: str) -> CheckedDataset:
+        """The lazy dataset, for slicing large arrays without loading them (damaged reads name the file)."""
+        return CheckedDataset(self._dataset(name), self.path)
 
     def csr(self, name: str) -> Csr:
         """Load a whole CSR group."""
         g = self._csr_group(name)
-        return Csr(g["values"][()], g["offsets"][()])
+        return Csr(CheckedDataset(g["values"], self.path)[()], CheckedDataset(g["offsets"], self.path)[()])
 
     def csr_row(self, name: str, i: int) -> np.ndarray:
         """Read one CSR row without loading the rest."""
         g = self._csr_group(name)
-        start, stop = g["offsets"][i : i + 2]
-        return g["values"][start:stop]
+        start, stop = CheckedDataset(g["offsets"], self.path)[i : i + 2]
+        return CheckedDataset(g["values"], self.path)[start:stop]
 
     def _dataset(self, name: str) -> h5py.Dataset:
         if name not in self._file or not isinstance(self._file[name], h5py.Dataset):
@@ -337,6 +369,14 @@ def check_same_images(art: Artifact, like: Artifact | str | os.PathLike) -> None
         f"{ref_digest}: the two files disagree on which images they describe; rerun the stage that made "
         f"{art.path.name} from the current image index"
     )
+
+
+def check_no_self_neighbors(path: str | os.PathLike, neighbors: np.ndarray) -> None:
+    """Refuse an (N, K) neighbour table in which an image lists itself (a kNN that did not exclude the query)."""
+    rows = np.nonzero((neighbors == np.arange(len(neighbors))[:, None]).any(axis=1))[0]
+    if len(rows):
+        raise ArtifactError(f"{path}: {len(rows)} image(s) list themselves as a neighbour (e.g. image {rows[0]}); "
+                            "rerun orl knn")
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:

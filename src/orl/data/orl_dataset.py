@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from orl.artifacts import Artifact, ArtifactError, open_artifact
+from orl.artifacts import Artifact, ArtifactError, check_no_self_neighbors, open_artifact
 from orl.data.augment import ViewRecipe, patch_view_transform, two_view_transforms
 from orl.data.datasets import SeededDataset, register_dataset
 from orl.data.device_augment import (IMAGES_KEY, PATHS_KEY, DevicePatchTransform, DeviceViewTransform,
@@ -52,6 +52,20 @@ def _open_checked(path: Path, index: ImageIndex) -> Artifact:
     return art
 
 
+def check_boxes_inside(path: str | os.PathLike, boxes: np.ndarray, offsets: np.ndarray, index: ImageIndex) -> None:
+    """Refuse xywh boxes that are empty or reach outside their image (1 px of rounding allowed)."""
+    owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    x, y, w, h = (boxes[:, j].astype(np.int64) for j in range(4))
+    bad = (x < 0) | (y < 0) | (w < 1) | (h < 1) | (x + w > index.widths[owner] + 1) | (y + h > index.heights[owner] + 1)
+    if bad.any():
+        k = int(np.argmax(bad))
+        i = int(owner[k])
+        raise ArtifactError(
+            f"{path}: {int(bad.sum())} box(es) are empty or outside their image, e.g. {boxes[k].tolist()} (xywh) in "
+            f"{index.file_names[i]} ({index.widths[i]}x{index.heights[i]}); rerun correspondence mining"
+        )
+
+
 def check_correspondence(path: str | os.PathLike, index: ImageIndex) -> int:
     """Open-check-close the correspondence artifact against the index (in the main process); return K."""
     path = Path(path)
@@ -64,9 +78,12 @@ def check_correspondence(path: str | os.PathLike, index: ImageIndex) -> int:
         neighbors = nb[()]
         if neighbors.min() < 0 or neighbors.max() >= n:
             raise ArtifactError(f"{path}: neighbour indices outside [0, {n})")
-        # Offsets only: cheap, and they are what guarantees every draw below has something to pick from.
-        box_counts = np.diff(art.dataset("boxes/offsets")[()])
+        check_no_self_neighbors(path, neighbors)
+        box_offsets = art.dataset("boxes/offsets")[()]
+        box_counts = np.diff(box_offsets)
         pair_counts = np.diff(art.dataset("pairs/offsets")[()])
+        if len(box_counts) == n:
+            check_boxes_inside(path, art.dataset("boxes/values")[()].reshape(-1, 4), box_offsets, index)
     if len(box_counts) != n or (box_counts < 1).any():
         raise ArtifactError(f"{path}: boxes must have {n} rows with at least one box each")
     if len(pair_counts) != n * k or (pair_counts < 1).any():

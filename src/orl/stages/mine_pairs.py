@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orl.artifacts import ArtifactError, Csr, open_artifact, write_artifact
+from orl.artifacts import ArtifactError, Csr, check_no_self_neighbors, open_artifact, write_artifact
 from orl.data.image_index import load_index, shard_range
 from orl.mining.correspondence import PAIR_WIDTH, PAIRS_STAGE, EmbeddingStore, array_digest, mine_range
 
@@ -44,6 +44,7 @@ def read_neighbors(knn_path: str | Path, index_path: str | Path, n: int) -> tupl
         raise ArtifactError(f"{knn_path} holds neighbours of shape {idx.shape} but {index_path} lists {n} images")
     if idx.min() < 0 or idx.max() >= n:
         raise ArtifactError(f"{knn_path}: neighbour indices outside [0, {n})")
+    check_no_self_neighbors(knn_path, idx)
     return idx, digest
 
 

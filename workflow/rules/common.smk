@@ -2,9 +2,15 @@
 import os
 import shlex
 
+from snakemake.exceptions import WorkflowError
+
+from orl.config_check import results_folder
 from orl.data.images import listing_digest
 
-R = config["results"].rstrip("/")
+try:
+    R = results_folder(config)  # "~" expanded; "", "/", a file or a folder inside the dataset refused
+except ValueError as e:
+    raise WorkflowError(str(e)) from None
 DATASET = config["dataset"]
 
 DEMO_DIR = f"{R}/data/demo"

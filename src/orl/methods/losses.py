@@ -1,4 +1,4 @@
-"""Losses of BYOL (and ORL), MoCo v2 and SimCLR; all computed in float32 even under autocast."""
+"""Losses of BYOL (and ORL), MoCo v2 and SimCLR; all computed in IEEE float32 even under autocast or TF32."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from orl import dist
+from orl.precision import ieee_fp32
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -29,7 +30,8 @@ def infonce_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperat
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, queue = q.float(), k.float(), queue.float()
         l_pos = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
-        l_neg = q @ queue.t()  # (N, K)
+        with ieee_fp32():  # the trainer allows TF32 for the backbone; logits / 0.2 would amplify its error
+            l_neg = q @ queue.t()  # (N, K)
         logits = torch.cat([l_pos, l_neg], dim=1) / temperature
         labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)  # the positive is column 0
         return F.cross_entropy(logits, labels)
@@ -50,7 +52,8 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -
         m = all1.shape[0]
         keys = torch.cat([all1, all2], dim=0)  # global view j of image i sits at i (view 1) or M + i (view 2)
         anchors = torch.cat([z1, z2], dim=0)  # (2n, D)
-        logits = anchors @ keys.t() / temperature  # (2n, 2M)
+        with ieee_fp32():  # the trainer allows TF32 for the backbone; not for the logits
+            logits = anchors @ keys.t() / temperature  # (2n, 2M)
         idx = torch.arange(n, device=z1.device) + dist.rank() * n  # global index of the local images
         self_idx = torch.cat([idx, idx + m])
         pos_idx = torch.cat([idx + m, idx])

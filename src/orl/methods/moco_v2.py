@@ -74,6 +74,8 @@ class MoCoV2(Method):
         # Queue of past keys, one L2-normalised key per row; buffers so they are checkpointed with the model.
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        # The pointer's host copy: reading the GPU buffer (int(self.queue_ptr)) would sync the GPU every step.
+        self._ptr = 0
 
     def _uses_shuffle(self) -> bool:
         # Shuffle-BN stops the query and its positive key from sharing per-GPU BN statistics. It only has an
@@ -100,11 +102,18 @@ class MoCoV2(Method):
         keys = dist.gather_no_grad(k).to(self.queue.dtype)
         size, total = self.queue.shape[0], keys.shape[0]
         keys = keys[-size:]  # a batch larger than the queue: only its last `size` keys survive anyway
-        ptr = int(self.queue_ptr)
+        ptr = self._ptr
         start = ptr + total - keys.shape[0]
         idx = (start + torch.arange(keys.shape[0], device=keys.device)) % size
         self.queue[idx] = keys
-        self.queue_ptr.fill_((ptr + total) % size)
+        self._ptr = (ptr + total) % size
+        self.queue_ptr.fill_(self._ptr)  # the buffer goes into checkpoints; filling it from the host does not sync
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        ptr = state_dict.get(prefix + "queue_ptr")
+        if ptr is not None:
+            self._ptr = int(ptr)  # once per load, from the (CPU) state dict
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Single-direction InfoNCE of MoCo v2: query from view1, positive key from view2, negatives from the queue."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,9 @@ from torch.utils.data import DataLoader, Dataset
 from orl.data.augment import eval_transform
 from orl.data.image_index import ImageIndex
 from orl.data.images import open_rgb
+from orl.precision import AUTOCAST_DTYPES, autocast_dtype, ieee_fp32
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = AUTOCAST_DTYPES
 
 
 class _IndexImages(Dataset):
@@ -70,7 +70,7 @@ def compute_features(
         persistent_workers=False,
     )
     # Autocast only on GPU: CPU bf16 convolutions are slower than fp32 on most CPUs.
-    amp_dtype = PRECISIONS[precision] if dev.type == "cuda" else None
+    amp_dtype = autocast_dtype(precision, dev)
     was_training = model.training
     model.eval().to(dev)  # BN running statistics, no dropout (ORL_SPEC 2a)
     out: np.ndarray | None = None
@@ -84,7 +84,8 @@ def compute_features(
         with torch.inference_mode():
             for images in batches:
                 images = images.to(dev, non_blocking=True)
-                ctx = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+                # fp32 means IEEE fp32: cuDNN would otherwise run the convolutions as TF32 on Ampere and newer.
+                ctx = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else ieee_fp32()
                 with ctx:
                     z = model.embed(images)
                 if z.ndim != 2 or z.shape[0] != images.shape[0]:

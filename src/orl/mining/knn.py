@@ -174,13 +174,25 @@ def _torch_chunks(x: np.ndarray, m: int, start: int, stop: int, chunk: int, devi
         torch.set_float32_matmul_precision(old_precision)
 
 
-def _faiss_chunks(x: np.ndarray, m: int, start: int, stop: int, chunk: int, gpu: bool) -> Iterator[_Chunk]:
+def gpu_number(device: str | None) -> int:
+    """The GPU number of a device string for faiss: "cuda:2" -> 2; None, "cuda" -> 0 (the first visible GPU)."""
+    if device is None or device == "cuda":
+        return 0
+    kind, _, number = str(device).partition(":")
+    if kind != "cuda" or not number.isdigit():
+        raise ValueError(f"faiss-gpu needs a CUDA device such as cuda:0, got {device!r}")
+    return int(number)
+
+
+def _faiss_chunks(
+    x: np.ndarray, m: int, start: int, stop: int, chunk: int, gpu: bool, device: str | None = None
+) -> Iterator[_Chunk]:
     faiss = _faiss()
     d = x.shape[1]
     if gpu:
         res = faiss.StandardGpuResources()
         config = faiss.GpuIndexFlatConfig()
-        config.device = 0
+        config.device = gpu_number(device)
         config.useFloat16 = False  # exact float32 scores
         index = faiss.GpuIndexFlatIP(res, d, config)
     else:
@@ -303,7 +315,7 @@ def knn(
     elif route == "torch":
         chunks = _torch_chunks(x, m, start, stop, chunk, device)
     else:
-        chunks = _faiss_chunks(x, m, start, stop, chunk, gpu=route == "faiss-gpu")
+        chunks = _faiss_chunks(x, m, start, stop, chunk, gpu=route == "faiss-gpu", device=device)
     indices = np.empty((stop - start, k), dtype=np.int64)
     sims = np.empty((stop - start, k), dtype=np.float32)
     # A bar updated by hand: wrapping the generator in tqdm would keep the previous chunk (and its block) alive.

@@ -34,11 +34,12 @@ from orl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from orl.data.images import open_rgb
 from orl.mining.box_filter import filter_mask
 from orl.models.backbones import global_pool
+from orl.precision import AUTOCAST_DTYPES, autocast_dtype, ieee_fp32
 
 MODES = ("crop", "roi_align")
 # Storage dtypes of the embeddings; float16 halves the parts (COCO: ~118k x 55 x 2048 values) at ~1e-3 precision.
 STORE_DTYPES: dict[str, Any] = {"float16": np.float16, "float32": np.float32}
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS: dict[str, torch.dtype | None] = AUTOCAST_DTYPES
 FALLBACK_FIRST = "first_box"  # nothing passed the filter: the first raw box (authors' rule)
 FALLBACK_WHOLE = "whole_image"  # no raw box at all (failed proposals): the whole image, so stage 3 always has one
 
@@ -211,7 +212,7 @@ class RoiEmbedder:
         self.dtype = next(self.backbone.parameters()).dtype
         self.batch_size = batch_size
         self.pad = pad
-        self.amp = PRECISIONS[precision] if self.device.type == "cuda" else None
+        self.amp = autocast_dtype(precision, self.device)
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device, dtype=self.dtype).view(shape)
         self.std = torch.tensor(IMAGENET_STD, device=self.device, dtype=self.dtype).view(shape)
@@ -220,7 +221,8 @@ class RoiEmbedder:
         self.image_forwards = 0
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext()
+        # Without autocast, IEEE fp32: cuDNN would otherwise run the convolutions as TF32 on Ampere and newer.
+        return torch.autocast(self.device.type, dtype=self.amp) if self.amp else ieee_fp32()
 
     def _input(self, images: torch.Tensor) -> torch.Tensor:
         # ToTensor (x / 255) then Normalize, as torchvision does, but on the device and in the model's dtype.

@@ -87,7 +87,11 @@ def seed_everything(seed: int) -> None:
 
 
 def configure_determinism(device: torch.device) -> None:
-    """CPU: deterministic algorithms (same seed -> same weights). GPU: cuDNN autotuning and TF32 for speed."""
+    """CPU: deterministic algorithms (same seed -> same weights). GPU: cuDNN autotuning and TF32 for speed.
+
+    TF32 is for training's backbone only: the contrastive logits (orl.methods.losses) and every stage whose
+    precision is fp32 run inside orl.precision.ieee_fp32().
+    """
     if device.type == "cpu":
         # warn_only: an op without a deterministic CPU kernel warns instead of aborting a long run.
         torch.use_deterministic_algorithms(True, warn_only=True)

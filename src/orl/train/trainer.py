@@ -4,7 +4,9 @@ Per optimiser step: `accum_steps` micro-batches (forward under bf16 autocast on 
 set the warmup+cosine lr, optimiser step, `method.after_step` (EMA etc.) on the unwrapped module. Checkpoints go to
 `<out_dir>/checkpoints/` every N epochs and on SIGTERM/SIGINT (then the process exits non-zero so a scheduler can
 requeue it); a rerun resumes from the newest valid checkpoint. The declared output `model.pt` is written once, at
-the end. Data randomness is keyed by (seed, epoch, image), so a resumed run continues exactly where it stopped.
+the end. Data randomness is keyed by (seed, epoch, image), so a resumed run continues where it stopped: bit for bit
+on CPU (deterministic kernels); on GPUs only statistically, since cuDNN autotuning and atomic-add kernels
+(backward of convolutions, index_add, scatter) are not deterministic.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from orl.data.datasets import SeededSampler
 from orl.data.device_augment import collate_samples, finish_views
 from orl.data.loader_workers import ignore_stop_signals, stop_workers
 from orl.methods import Method, build_method
+from orl.precision import autocast_dtype
 from orl.train import checkpoint as ckpt
 from orl.train.knn_monitor import COLUMN as KNN_COLUMN
 from orl.train.knn_monitor import KnnMonitor
@@ -63,7 +66,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10  # optimiser steps per metrics row
     seed: int = 0
-    precision: str = "bf16"  # GPU only; CPU always trains in fp32
+    precision: str = "bf16"  # GPU only (fp16 where the GPU lacks bf16); CPU always trains in fp32
     channels_last: bool = True  # GPU only
     sync_bn: bool | None = None  # GPU + distributed only; None: the method's recipe (MoCo v2: per-GPU BN)
     image_size: int = 224  # recorded in meta / resume fingerprint; the dataset applies it
@@ -313,6 +316,8 @@ class Trainer:
         self._cpu_group = None
         if rt.distributed:
             # Stop flags and barriers on a gloo group: with NCCL they would otherwise need a GPU sync per step.
+            # Across nodes gloo uses the interface of the hostname's address; where that is not the training
+            # network, set GLOO_SOCKET_IFNAME as NCCL_SOCKET_IFNAME (srun passes the environment on; docs/gpu.md).
             self._cpu_group = tdist.new_group(backend="gloo") if tdist.get_backend() != "gloo" else None
 
         method = self._method = self._build_method()
@@ -335,8 +340,9 @@ class Trainer:
             method = method.to(memory_format=torch.channels_last)
         self._method = method
         optimizer, peak_lr, resolved = build_optimizer(method, cfg, gbatch)
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision) if on_gpu else None
-        scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
+        # bf16 falls back to fp16 (announced) on GPUs without native bf16; fp16 needs the GradScaler.
+        amp_dtype = autocast_dtype(cfg.precision, dev)
+        scaler = torch.amp.GradScaler(dev.type) if amp_dtype is torch.float16 else None
 
         fingerprint = self._fingerprint(resolved, steps_per_epoch)
         state = self._find_resume(fingerprint)
@@ -358,7 +364,10 @@ class Trainer:
 
         model: nn.Module = method
         if rt.distributed:
-            model = DDP(method, device_ids=[dev.index] if on_gpu else None)
+            # No buffer broadcast before every forward (MoCo's queue alone is 32 MB): the queue and its pointer are
+            # written identically on every rank from all-gathered keys, SyncBN statistics are global, and per-GPU
+            # BN statistics are only read from rank 0, which writes the checkpoints (a resume loads them everywhere).
+            model = DDP(method, device_ids=[dev.index] if on_gpu else None, broadcast_buffers=False)
 
         loader = DataLoader(
             self.dataset,

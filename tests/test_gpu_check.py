@@ -1,4 +1,5 @@
-"""benchmarks/gpu/gpu_check.sh --cpu-smoke runs every part of the GPU check on CPU at tiny sizes, in under 2 minutes."""
+"""benchmarks/gpu/gpu_check.sh --cpu-smoke runs every part of the GPU check on CPU at tiny sizes, in under 2 minutes:
+DDP over two ranks, GPU-only parts skipped (never a pass), one markdown table."""
 
 from __future__ import annotations
 
@@ -28,12 +29,23 @@ def test_gpu_check_cpu_smoke(repo: Path, tmp_path: Path) -> None:
         r = report["train"][method]
         assert min(r["model_only_images_per_s"], r["loader_cpu_images_per_s"], r["loader_device_images_per_s"],
                    r["loader_device_device_decode_images_per_s"]) > 0
-    assert report["ddp"]["ok"] and report["ddp"]["backend"] == "gloo"
+    assert "progressive" in report["train"]["images"] and "CMYK" in report["train"]["images"]
+    ddp = report["ddp"]
+    assert ddp["world_size"] == 2 and ddp["backend"] == "gloo" and ddp["params_equal_after_step"]
     assert report["knn"]["torch_seconds"] >= 0
     assert "identical_neighbours" not in report["knn"] or report["knn"]["identical_neighbours"] == 1.0
     assert report["photometric"]["orl_view1_ms_per_image"] > 0 and report["photometric"]["orl_view2_ms_per_image"] > 0
     roi = report["roi_embed"]
     assert min(roi["fp32_crops_per_s"], roi["bf16_crops_per_s"]) > 0
     assert roi["top_t_pair_overlap"] == 1.0  # CPU: no autocast, the same numbers twice
-    assert report["maskrcnn"].get("iterations_per_s", 0) > 0 or "skipped" in report["maskrcnn"]
-    assert "| train |" in proc.stdout
+    assert report["maskrcnn"].get("iterations_per_s", 0) > 0 or "skipped" in report["maskrcnn"].get("status", "")
+    # The table: the lines printed last, one row per check; on CPU the GPU-only checks are skipped, never passed.
+    printed = proc.stdout.strip().splitlines()
+    table = printed[printed.index("| part | status | seconds (budget) | result |"):]
+    assert table == report["table"]
+    status = {line.split(" | ")[0].strip("| "): line.split(" | ")[1] for line in table[2:]}
+    assert list(status) == ["env", "bf16", "train", "sync_free", "decode_race", "ddp", "sync_bn", "nccl", "knn",
+                            "photometric", "roi_embed", "maskrcnn", "total"]
+    for gpu_only in ("bf16", "sync_free", "decode_race", "sync_bn", "nccl"):
+        assert status[gpu_only] == "skipped: needs CUDA", gpu_only
+    assert status["ddp"] == "pass" and "world size 2" in next(line for line in table if line.startswith("| ddp |"))

@@ -1,12 +1,15 @@
-"""The GPU check's measurements (run by benchmarks/gpu/gpu_check.sh): one part per GPU path, one JSON object in the end.
+"""The GPU check (run by benchmarks/gpu/gpu_check.sh): one part per GPU path, then a markdown table and a JSON file.
 
-Parts: `train` (BYOL and ORL images/s, model only on synthetic tensors and with the real loader in both input
-pipelines, the device one with JPEGs decoded in the workers and on the device, peak GPU memory), `ddp` (a
-one-process torchrun run: NCCL + SyncBN on a GPU, gloo on CPU), `knn` (exact kNN, faiss against orl's torch route:
-time and identical neighbours), `photometric` (the device pipeline's batched ops against kornia's, when kornia
-imports; benchmarks/speed/photometric_ops.py), `roi_embed` (RoI-embedding crops/s in fp32 and bf16 and the overlap of
-the top-T pairs mined from each), `maskrcnn` (torchvision Mask R-CNN R50-FPN training iterations/s on synthetic
-targets). Missing optional packages skip their part with a line saying so; all data is synthetic. --smoke: tiny sizes on whatever device there is (the test runs it on CPU).
+Parts (docs/gpu.md says what each proves): `env` (device, torch, bf16 support), `train` (BYOL and ORL images/s:
+model only on synthetic tensors, then the real loader, persistent workers after a warm-up, over varied images, in
+both input pipelines, the device one with JPEGs decoded in the workers and on the device), `sync_free` (finish_views
+under torch.cuda.set_sync_debug_mode("error")), `decode_race` (benchmarks/gpu/decode_race.py: the CUDA decode race
+on the old path, none on orl's), `ddp` (two ranks under torchrun, benchmarks/gpu/ddp_step.py: DDP, SyncBatchNorm,
+NCCL where each rank has a GPU), `knn` (exact kNN, faiss against orl's torch route), `photometric` (the device
+pipeline's batched ops against kornia's, when kornia imports), `roi_embed` (RoI-embedding crops/s in fp32 and bf16,
+overlap of the top-T pairs mined from each), `maskrcnn` (orl's Mask R-CNN, orl.bench.detection_model, training
+iterations/s). Each part has a time budget (all together 10 minutes on one H100); GPU-only parts report "skipped:
+needs CUDA" on CPU. --smoke: tiny sizes on whatever device there is (the test runs it on CPU).
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +39,69 @@ import numpy as np  # after the package check, so a missing one is named rather 
 import torch
 from torch.utils.data import DataLoader
 
+from PIL import Image
+
 from orl.data.datasets import SeededSampler
 from orl.data.device_augment import collate_samples, finish_views
+from orl.data.image_index import ImageIndex, build_index
 from orl.methods import build_method, build_training_dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "speed"))  # the speed benchmarks' timing helpers
-from photometric_ops import measure as measure_photometric, sync_device
-from train_throughput import _images, _machine, _synthetic_correspondence
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "speed"))  # the speed benchmarks' timing helpers
+sys.path.insert(0, str(HERE))
+from decode_race import corrupted_sums  # noqa: E402
+from photometric_ops import measure as measure_photometric, sync_device  # noqa: E402
+from train_throughput import _machine, _synthetic_correspondence  # noqa: E402
 
-FULL = {"arch": "resnet50", "size": 224, "roi": 96, "batch": 64, "steps": 20, "images": 256, "knn_n": 118_287,
-        "knn_d": 256, "det_size": 800, "det_steps": 10, "heads": {},
-        "roi_images": 64, "roi_boxes": 32, "roi_crop": 224, "roi_k": 10, "photo_batch": 256}
-SMOKE = {"arch": "resnet18", "size": 32, "roi": 16, "batch": 4, "steps": 2, "images": 8, "knn_n": 2000,
+FULL = {"arch": "resnet50", "size": 224, "roi": 96, "batch": 64, "steps": 20, "warmup": 3, "images": 256,
+        "knn_n": 118_287, "knn_d": 256, "det_size": 800, "det_steps": 10, "heads": {}, "det_heads": {},
+        "roi_images": 64, "roi_boxes": 32, "roi_crop": 224, "roi_k": 10, "photo_batch": 256, "race_iterations": 50,
+        "ddp_batch": 32, "image_scale": 1.0}
+SMOKE = {"arch": "resnet18", "size": 32, "roi": 16, "batch": 4, "steps": 2, "warmup": 1, "images": 8, "knn_n": 2000,
          "knn_d": 32, "det_size": 128, "det_steps": 1,
          "heads": {"proj_hidden": 64, "proj_dim": 32, "pred_hidden": 64},
-         "roi_images": 6, "roi_boxes": 4, "roi_crop": 32, "roi_k": 2, "photo_batch": 4}
+         "det_heads": {"fpn_channels": 32, "box_head_dim": 64, "roi_batch_size": 32, "test_proposals": 50},
+         "roi_images": 6, "roi_boxes": 4, "roi_crop": 32, "roi_k": 2, "photo_batch": 4, "race_iterations": 2,
+         "ddp_batch": 4, "image_scale": 0.25}
 # (pipeline, decode) pairs the train part feeds from the real loader.
 LOADERS = (("cpu", "worker"), ("device", "worker"), ("device", "device"))
+# Seconds each part may take on one H100 (full sizes); 600 in all. A part over its budget is marked in the table.
+BUDGET_S = {"env": 5, "train": 240, "sync_free": 20, "decode_race": 30, "ddp": 60, "knn": 60, "photometric": 20,
+            "roi_embed": 45, "maskrcnn": 60}
+TOTAL_BUDGET_S = 600
+NEEDS_CUDA = "skipped: needs CUDA"
+# The train part's images, cycled: (mode, (width, height), PIL save options). The last image is a PNG.
+IMAGE_KINDS = (("RGB", (640, 480), {}), ("RGB", (500, 375), {"progressive": True}), ("L", (640, 427), {}),
+               ("CMYK", (480, 640), {}), ("RGB", (800, 600), {"subsampling": 0}), ("RGB", (1024, 768), {}),
+               ("RGB", (333, 500), {"quality": 75}))
+
+
+def varied_images(folder: Path, n: int, scale: float = 1.0) -> ImageIndex:
+    """n smooth random images of IMAGE_KINDS (baseline, progressive, grey, CMYK, 4:4:4 JPEGs, sizes 333-1024 px
+    times `scale`), the last one a PNG; their index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        mode, (w, h), options = IMAGE_KINDS[i % len(IMAGE_KINDS)]
+        size = (round(w * scale), round(h * scale))
+        small = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize(size, Image.BILINEAR).convert(mode)
+        if i == n - 1:
+            img.save(folder / f"{i:04d}.png")
+        else:
+            img.save(folder / f"{i:04d}.jpg", **{"quality": 90, **options})
+    return build_index(folder)
+
+
+class _CountFallbacks(logging.Handler):
+    """Counts the files orl.data.device_decode decoded with PIL because the device decoder rejected them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.files: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.files.add(record.getMessage().split(": ", 1)[0])
 
 
 def _peak_mb(dev: torch.device) -> float | None:
@@ -79,11 +130,11 @@ def _step_fn(method_name: str, s: dict, dev: torch.device):
     return step
 
 
-def _timed(step, batches, dev: torch.device) -> float:
-    """images/s of `step` over the batches after the first (warm-up)."""
+def _timed(step, batches, dev: torch.device, warmup: int = 1) -> float:
+    """images/s of `step` over the batches after the first `warmup` ones."""
     it = iter(batches)
-    first = next(it)
-    step(first)
+    for _ in range(warmup):
+        step(next(it))
     sync_device(dev)
     n, t0 = 0, time.perf_counter()
     for b in it:
@@ -93,11 +144,33 @@ def _timed(step, batches, dev: torch.device) -> float:
     return n / max(time.perf_counter() - t0, 1e-9)
 
 
+def part_env(s: dict, dev: torch.device) -> dict:
+    """The device, torch and CUDA versions, and whether the GPU computes bf16 natively."""
+    out: dict[str, Any] = {"device": _machine(dev), "torch": torch.__version__, "cuda": torch.version.cuda}
+    if dev.type != "cuda":
+        return {**out, "rows": [["env", "measured", f"{out['device']}, torch {out['torch']}"],
+                                ["bf16", NEEDS_CUDA, ""]]}
+    out["bf16_supported"] = torch.cuda.is_bf16_supported()
+    out["capability"] = ".".join(map(str, torch.cuda.get_device_capability(dev)))
+    return {**out, "rows": [["env", "measured", f"{out['device']} (sm {out['capability']}), torch {out['torch']}, "
+                                                f"CUDA {out['cuda']}"],
+                            ["bf16", "pass" if out["bf16_supported"] else "FAIL",
+                             f"torch.cuda.is_bf16_supported() = {out['bf16_supported']}"]]}
+
+
+def _loader(ds, s: dict, workers: int, dev: torch.device) -> DataLoader:
+    # Persistent workers, as orl's trainer: no worker start-up inside the timed steps, epoch after epoch.
+    return DataLoader(ds, batch_size=s["batch"], sampler=SeededSampler(len(ds), s["batch"]), num_workers=workers,
+                      collate_fn=collate_samples, pin_memory=dev.type == "cuda", persistent_workers=workers > 0)
+
+
 def part_train(s: dict, dev: torch.device, workers: int) -> dict:
-    """BYOL and ORL images/s: model only, then the real loader with each pipeline."""
+    """BYOL and ORL images/s: model only, then the real loader with each pipeline, over varied images."""
     out: dict[str, Any] = {}
+    fallbacks = _CountFallbacks()
+    logging.getLogger("orl.data.device_decode").addHandler(fallbacks)
     with tempfile.TemporaryDirectory() as tmp:
-        index = _images(Path(tmp), s["images"])
+        index = varied_images(Path(tmp) / "images", s["images"], s["image_scale"])
         corr = _synthetic_correspondence(index, Path(tmp) / "corr.h5")
         for method in ("byol", "orl"):
             step = _step_fn(method, s, dev)
@@ -107,43 +180,114 @@ def part_train(s: dict, dev: torch.device, workers: int) -> dict:
                                     generator=g) for k in keys}
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            res = {"model_only_images_per_s": round(_timed(step, [synth] * (s["steps"] + 1), dev), 1),
+            res = {"model_only_images_per_s": round(_timed(step, [synth] * (s["steps"] + s["warmup"]), dev,
+                                                           s["warmup"]), 1),
                    "model_only_peak_mb": _peak_mb(dev)}
             extra = {"correspondence": corr, "roi_size": s["roi"]} if method == "orl" else {}
             for pipeline, decode in LOADERS:
                 ds = build_training_dataset(method, index, image_size=s["size"], pipeline=pipeline, decode=decode,
                                             **extra)
-                sampler = SeededSampler(len(ds), s["batch"])
-                loader = DataLoader(ds, batch_size=s["batch"], sampler=sampler, num_workers=workers,
-                                    collate_fn=collate_samples, pin_memory=dev.type == "cuda",
-                                    persistent_workers=False)
+                loader = _loader(ds, s, workers, dev)
                 batches = (finish_views(b, dev) for _ in range(1000) for b in loader)
-                limited = (b for _, b in zip(range(s["steps"] + 1), batches))
+                limited = (b for _, b in zip(range(s["steps"] + s["warmup"]), batches))
                 name = pipeline if decode == "worker" else f"{pipeline}_{decode}_decode"
-                res[f"loader_{name}_images_per_s"] = round(_timed(step, limited, dev), 1)
+                res[f"loader_{name}_images_per_s"] = round(_timed(step, limited, dev, s["warmup"]), 1)
+                del batches, limited, loader  # ends the persistent workers
             out[method] = res
+    logging.getLogger("orl.data.device_decode").removeHandler(fallbacks)
+    kinds = sorted({f"{m} {w}x{h}{' ' + ','.join(o) if o else ''}" for m, (w, h), o in IMAGE_KINDS})
+    out["images"] = f"{s['images']}: {'; '.join(kinds)}; one PNG; sizes x {s['image_scale']}"
+    out["device_decode_pil_fallback_files"] = len(fallbacks.files)
     return out
 
 
-def part_ddp(s: dict, dev: torch.device) -> dict:
-    """One-process torchrun of orl pretrain: NCCL + SyncBN on a GPU, gloo on CPU; a few steps."""
-    with tempfile.TemporaryDirectory() as tmp:
-        index = _images(Path(tmp), max(s["batch"] * 2, 8))
-        from orl.data.image_index import write_index
+def _device_batch(method: str, index: ImageIndex, s: dict, decode: str, corr: Path, dev: torch.device) -> dict:
+    """One collated device-pipeline batch of `method`, its images pinned as the DataLoader pins them on a GPU."""
+    extra = {"correspondence": corr, "roi_size": s["roi"]} if method == "orl" else {}
+    ds = build_training_dataset(method, index, image_size=s["size"], pipeline="device", decode=decode, **extra)
+    batch = collate_samples([ds[(0, i)] for i in range(min(s["batch"], len(ds)))])
+    if dev.type == "cuda":
+        batch["images"] = [[t.pin_memory() for t in imgs] for imgs in batch["images"]]
+    return batch
 
-        ipath = write_index(index, Path(tmp) / "index.h5")
-        heads = [f"{k}={v}" for k, v in s["heads"].items()]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "orl.cli",
-               "pretrain", "--method", "byol", "--index", str(ipath), "--out", str(Path(tmp) / "run" / "model.pt"),
-               "--arch", s["arch"], "--epochs", "1", "--batch-size", str(s["batch"]), "--image-size", str(s["size"]),
-               "--workers", "0", "--log-every", "1", "--device", dev.type, "--sync-bn",
-               *(["--method-args", *heads] if heads else [])]
-        env = {"GLOO_SOCKET_IFNAME": "lo", **os.environ}
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        ok = proc.returncode == 0 and (Path(tmp) / "run" / "model.pt").exists()
-        return {"backend": "nccl" if dev.type == "cuda" else "gloo", "ok": ok,
-                "seconds": round(time.perf_counter() - t0, 1), **({} if ok else {"stderr": proc.stderr[-1500:]})}
+
+def part_sync_free(s: dict, dev: torch.device) -> dict:
+    """finish_views of worker-decoded BYOL and ORL batches under set_sync_debug_mode("error"): any host-device sync
+    raises. Batches of JPEGs decoded on the device run under "warn" and are reported, not judged: nvJPEG waits for
+    its own work on the host."""
+    if dev.type != "cuda":
+        return {"status": NEEDS_CUDA}
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        index = varied_images(Path(tmp) / "images", max(s["batch"], len(IMAGE_KINDS) + 1), s["image_scale"])
+        corr = _synthetic_correspondence(index, Path(tmp) / "corr.h5")
+        for method in ("byol", "orl"):
+            for decode, mode in (("worker", "error"), ("device", "warn")):
+                batch = _device_batch(method, index, s, decode, corr, dev)
+                finish_views(batch, dev)  # warm-up: constants, decoder handles, side stream
+                torch.cuda.synchronize(dev)
+                key = f"{method}_{decode}_decode"
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    torch.cuda.set_sync_debug_mode(mode)
+                    try:
+                        finish_views(batch, dev)
+                        out[key] = "no sync"
+                    except RuntimeError as e:
+                        out[key] = f"sync: {str(e).splitlines()[0][:160]}"
+                    finally:
+                        torch.cuda.set_sync_debug_mode(0)
+                syncs = [w for w in caught if "synchronizing" in str(w.message)]
+                if syncs:
+                    out[key] = f"{len(syncs)} syncs: {str(syncs[0].message).splitlines()[0][:160]}"
+                torch.cuda.synchronize(dev)
+    ok = all(out[f"{m}_worker_decode"] == "no sync" for m in ("byol", "orl"))
+    return {**out, "status": "pass" if ok else "FAIL"}
+
+
+def part_decode_race(s: dict, dev: torch.device) -> dict:
+    """Sums that queued kernels read from freed memory while a batch is decoded: old path vs orl's side stream."""
+    if dev.type != "cuda":
+        return {"status": NEEDS_CUDA}
+    n = s["race_iterations"]
+    old, checked = corrupted_sums(dev, ordered=False, iterations=n)
+    fixed, _ = corrupted_sums(dev, ordered=True, iterations=n)
+    shown = "race shown" if old else "race not reproduced on this GPU (the fix is then unproven here)"
+    return {"sums_checked": checked, "old_path_corrupted": old, "fixed_path_corrupted": fixed,
+            "status": "pass" if fixed == 0 else "FAIL",
+            "summary": f"old path {old}/{checked} sums corrupted ({shown}); orl's path {fixed}/{checked}"}
+
+
+def part_ddp(s: dict, dev: torch.device) -> dict:
+    """Two ranks under torchrun (benchmarks/gpu/ddp_step.py): DDP on every device, SyncBatchNorm and NCCL on GPUs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out_json = Path(tmp) / "ddp.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(HERE / "ddp_step.py"), "--arch", s["arch"], "--size", str(s["size"]),
+               "--batch", str(s["ddp_batch"]), "--heads", json.dumps(s["heads"]), "--out", str(out_json)]
+        env = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **os.environ}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0 or not out_json.exists():
+            return {"status": "FAIL", "summary": "torchrun failed", "stderr": proc.stderr[-1500:]}
+        r = json.loads(out_json.read_text())
+    ddp_ok = r["world_size"] >= 2 and r["params_equal_after_step"]
+    rows = [["ddp", "pass" if ddp_ok else "FAIL",
+             f"world size {r['world_size']}, {r['backend']} on {r['device'].split(':')[0]}, parameters equal on "
+             f"every rank after a step: {r['params_equal_after_step']}"]]
+    if dev.type != "cuda":
+        rows += [["sync_bn", NEEDS_CUDA, "SyncBatchNorm runs on GPUs only (per-rank BN on CPU)"],
+                 ["nccl", NEEDS_CUDA, ""]]
+    else:
+        sbn_ok = r["sync_bn_modules"] > 0 and r["bn_running_mean_equal"]
+        rows.append(["sync_bn", "pass" if sbn_ok else "FAIL",
+                     f"{r['sync_bn_modules']} SyncBatchNorm modules, BN running means equal across ranks fed "
+                     f"different images: {r['bn_running_mean_equal']}"])
+        if r["backend"] == "nccl":
+            rows.append(["nccl", "pass" if ddp_ok else "FAIL", f"{r['gpus']} GPUs, one rank each"])
+        else:
+            rows.append(["nccl", "not verified", f"{r['gpus']} GPU: two ranks cannot share one GPU under NCCL, so "
+                                                 "they ran on gloo; a multi-GPU NCCL run was impossible here"])
+    return {**r, "rows": rows}
 
 
 def part_knn(s: dict, dev: torch.device) -> dict:
@@ -218,12 +362,13 @@ def part_roi_embed(s: dict, dev: torch.device) -> dict:
 
 
 def part_maskrcnn(s: dict, dev: torch.device) -> dict:
-    """torchvision Mask R-CNN R50-FPN training iterations/s at det_size on synthetic images and targets."""
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
+    """orl's Mask R-CNN (orl.bench.detection_model: live BN, FPN norm) training iterations/s at det_size."""
+    from orl.bench.detection_model import HeadSizes, build_mask_rcnn
 
     size = s["det_size"]
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81, min_size=size,
-                                  max_size=size).to(dev).train()
+    torch.manual_seed(0)
+    model = build_mask_rcnn(s["arch"], 80, None, train_min_sizes=(size,), train_max_size=size, test_min_size=size,
+                            test_max_size=size, heads=HeadSizes(**s["det_heads"])).to(dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, size, size, generator=g).to(dev) for _ in range(2)]
@@ -246,16 +391,50 @@ def part_maskrcnn(s: dict, dev: torch.device) -> dict:
     for _ in range(s["det_steps"]):
         step(None)
     sync_device(dev)
-    return {"size": size, "batch": 2, "iterations_per_s": round(s["det_steps"] / (time.perf_counter() - t0), 2),
-            "peak_mb": _peak_mb(dev)}
+    return {"arch": s["arch"], "size": size, "batch": 2,
+            "iterations_per_s": round(s["det_steps"] / (time.perf_counter() - t0), 2), "peak_mb": _peak_mb(dev)}
 
 
-PARTS = {"train": part_train, "ddp": part_ddp, "knn": part_knn, "photometric": part_photometric,
-         "roi_embed": part_roi_embed, "maskrcnn": part_maskrcnn}
+PARTS = {"env": part_env, "train": part_train, "sync_free": part_sync_free, "decode_race": part_decode_race,
+         "ddp": part_ddp, "knn": part_knn, "photometric": part_photometric, "roi_embed": part_roi_embed,
+         "maskrcnn": part_maskrcnn}
+
+
+def _summary(result: dict) -> str:
+    """A part's numbers as `key value` pairs, one level of nesting flattened (the table's result column)."""
+    if "summary" in result:
+        return result["summary"]
+    pairs = []
+    for k, v in result.items():
+        if k in ("status", "rows", "part_seconds"):
+            continue
+        items = v.items() if isinstance(v, dict) else [(None, v)]
+        pairs += [f"{k}{'.' + kk if kk else ''} {vv}" for kk, vv in items if vv is not None]
+    return ", ".join(pairs).replace("|", "/")
+
+
+def table(report: dict, parts: list[str], smoke: bool) -> list[str]:
+    """The markdown table of the run: a row per check (a part may give several), its time against its budget."""
+    lines = ["| part | status | seconds (budget) | result |", "|---|---|---|---|"]
+    total = 0.0
+    for name in parts:
+        r = report[name]
+        seconds = r["part_seconds"]
+        total += seconds
+        over = not smoke and seconds > BUDGET_S[name]
+        budget = f"{seconds} ({BUDGET_S[name]}{', OVER' if over else ''})"
+        rows = r.get("rows") or [[name, r.get("status", "measured"), _summary(r)]]
+        for i, (row, status, text) in enumerate(rows):
+            lines.append(f"| {row} | {status} | {budget if i == 0 else ''} | {text} |")
+    over = not smoke and total > TOTAL_BUDGET_S
+    status = "smoke: no budget" if smoke else "OVER" if over else "within budget"
+    lines.append(f"| total | {status} | {round(total, 1)} ({TOTAL_BUDGET_S}) | {report['machine']}"
+                 f"{', smoke sizes' if smoke else ''} |")
+    return lines
 
 
 def main() -> None:
-    """Run the parts, print a table, write --out JSON."""
+    """Run the parts, print a markdown table, write --out JSON; exit 1 when a check failed."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CPU smoke test)")
     p.add_argument("--out", type=Path, required=True)
@@ -267,25 +446,25 @@ def main() -> None:
     if dev.type == "cpu" and not args.smoke:
         raise SystemExit("no CUDA device: run with --cpu-smoke, or on a machine with a GPU")
     report: dict[str, Any] = {"machine": _machine(dev), "torch": torch.__version__, "smoke": args.smoke,
-                              "settings": {k: v for k, v in s.items() if k != "heads"}}
+                              "settings": {k: v for k, v in s.items() if "heads" not in k}}
     for name in args.parts:
         t0 = time.perf_counter()
         kwargs = {"workers": 0 if args.smoke else args.workers} if name == "train" else {}
         try:
             report[name] = PARTS[name](s, dev, **kwargs)
         except ImportError as e:  # an optional package (e.g. torchvision's detection extras) is missing
-            report[name] = {"skipped": str(e)}
-            print(f"{name}: skipped ({e})")
+            report[name] = {"status": f"skipped: {e}"}
         report[name]["part_seconds"] = round(time.perf_counter() - t0, 1)
-        print(f"{name}: {json.dumps(report[name])}", flush=True)
+        print(f"{name} ({report[name]['part_seconds']} s, budget {BUDGET_S[name]} s): {json.dumps(report[name])}",
+              flush=True)
+    lines = table(report, args.parts, args.smoke)
+    report["table"] = lines
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    print(f"\n{report['machine']}\n| part | result |\n|---|---|")
-    for name in args.parts:
-        print(f"| {name} | {json.dumps(report[name])} |")
-    failed = [n for n in args.parts if report[n].get("ok") is False]
+    print("\n" + "\n".join(lines))
+    failed = [line.split(" | ")[0].strip("| ") for line in lines[2:] if " | FAIL" in line]
     if failed:
-        raise SystemExit(f"failed parts: {failed}")
+        raise SystemExit(f"failed checks: {failed}")
 
 
 if __name__ == "__main__":

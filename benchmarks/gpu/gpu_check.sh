@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The prepared GPU check: every GPU path of orl in one short run (benchmarks/gpu/gpu_check.py has the parts), a JSON
-# file and a table. Needs torch, torchvision, h5py, numpy, scikit-learn, Pillow, tqdm and `pip install --no-deps -e .`;
-# faiss is optional (its comparison is skipped with a line saying so). All data is synthetic.
-#   bash benchmarks/gpu/gpu_check.sh [--out gpu_check.json]            # on a machine with one NVIDIA GPU
-#   bash benchmarks/gpu/gpu_check.sh --cpu-smoke [--out smoke.json]    # every part at tiny sizes on CPU, < 2 minutes
+# The prepared GPU check: every GPU path of orl in one run of at most 10 minutes on one H100 (benchmarks/gpu/gpu_check.py
+# has the parts, docs/gpu.md what each proves), a JSON file and a markdown table. Needs torch, torchvision, h5py, numpy,
+# scikit-learn, Pillow, tqdm and `pip install --no-deps -e .`; faiss and kornia are optional (their comparison is
+# skipped with a line saying so). All data is synthetic. Exits 1 when a check fails.
+#   bash benchmarks/gpu/gpu_check.sh [--out gpu_check.json]            # on a machine with one or more NVIDIA GPUs
+#   bash benchmarks/gpu/gpu_check.sh --cpu-smoke [--out smoke.json]    # tiny sizes on CPU, < 2 minutes; GPU-only
+#                                                                      # parts say "skipped: needs CUDA"
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="gpu_check.json"

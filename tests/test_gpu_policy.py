@@ -207,3 +207,31 @@ def test_lease_changes_nothing_under_slurm_or_without_gpus(four_gpus: Path, monk
     monkeypatch.delenv("SLURM_JOB_ID")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert gpu_lease.lease(1) is None  # no GPU: the command runs as is
+
+
+@pytest.mark.slow
+def test_every_gpu_capable_rule_runs_under_a_lease(tmp_path: Path) -> None:
+    """Dry run of the whole demo: each rule whose stage takes a visible GPU starts through orl.gpu_lease."""
+    import re
+
+    import slurm_helpers as sh
+    from workflow_helpers import demo_config
+
+    config = demo_config({"knn": {"route": "numpy"}, "bench": {"detection": {"gpus": 2}}})
+    proc = subprocess.run(sh.snakemake_cmd(tmp_path, config, "-n", "-p", "--cores", "2", limit=120), env=sh.env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shells: dict[str, str] = {}
+    rule = None
+    for line in proc.stdout.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule = m.group(1)
+        elif line.startswith("Shell command:") and rule:
+            shells[rule] = line.split(":", 1)[1].strip()
+    leased = {"pretrain_byol", "features", "roi_embed", "bench_svm", "bench_frozen", "bench_semi", "bench_detection"}
+    assert leased <= set(shells), sorted(shells)
+    for name in leased:
+        assert re.match(r"^(ORL_EXPECT_GPUS=\d+ )?python -m orl\.gpu_lease \d+ ", shells[name]), (name, shells[name])
+    assert shells["bench_detection"].startswith("ORL_EXPECT_GPUS=2 python -m orl.gpu_lease 2 torchrun ")
+    assert "gpu_lease" not in shells["knn"]  # the numpy route needs no GPU
+    assert "gpu_lease" not in shells["index_images"]  # nor do the CPU stages

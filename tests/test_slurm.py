@@ -162,7 +162,8 @@ def test_training_launch_commands_and_sbatch(case: str, tmp_path: Path) -> None:
         sbatch = sbatch_line(res, threads)
         method = rule.split("_", 1)[1]
         if case == "gpus8-nodes1":
-            assert shell.startswith(f"ORL_EXPECT_GPUS=8 torchrun --standalone --nproc_per_node=8 --no-python orl "
+            assert shell.startswith(f"ORL_EXPECT_GPUS=8 python -m orl.gpu_lease 8 torchrun --standalone "
+                                    f"--nproc_per_node=8 --shutdown-timeout=300 --no-python orl "
                                     f"pretrain --method {method} "), shell
             assert "--threads 10 " in shell
             assert (res["gpu"], res["nodes"], res["cpus_per_gpu"]) == (8, 1, 10) and "mpi" not in res
@@ -171,7 +172,8 @@ def test_training_launch_commands_and_sbatch(case: str, tmp_path: Path) -> None:
             assert ("ORL_EXPECT_GPUS=4 srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=32 "
                     "--kill-on-bad-exit=1 torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d "
                     "--rdzv_endpoint=$(scontrol show hostnames") in shell, shell
-            assert ":29400 --rdzv_id=$SLURM_JOB_ID --no-python orl pretrain --method" in shell
+            assert (":$((29400 + SLURM_JOB_ID % 1000)) --rdzv_id=$SLURM_JOB_ID --shutdown-timeout=300 "
+                    "--no-python orl pretrain --method") in shell
             assert "--threads 8 " in shell
             assert res["mpi"] == "srun" and (res["nodes"], res["tasks"], res["gres"]) == (2, 2, "gpu:4")
             assert "gpu" not in res
@@ -179,14 +181,29 @@ def test_training_launch_commands_and_sbatch(case: str, tmp_path: Path) -> None:
                 assert flag in sbatch, sbatch
             assert "--ntasks-per-gpu" not in sbatch and "--gpus=" not in sbatch, sbatch
         else:
-            assert shell.startswith(f"orl pretrain --method {method} "), shell
+            assert shell.startswith(f"python -m orl.gpu_lease 1 orl pretrain --method {method} "), shell
             assert "ORL_EXPECT_GPUS" not in shell and res["gpu"] == 0
             assert "--ntasks=1 --cpus-per-task=2" in sbatch and "gpu" not in sbatch.replace("-p part", ""), sbatch
-    detection = jobs["bench_detection"]["shell"]
-    expected = {"gpus8-nodes1": "ORL_EXPECT_GPUS=8 torchrun --standalone --nproc_per_node=8 --no-python orl ",
-                "gpus4-nodes2": "ORL_EXPECT_GPUS=4 torchrun --standalone --nproc_per_node=4 --no-python orl ",
-                "gpus0": "orl "}[case]
+        # SIGTERM the checkpoint lead before the time limit (torchrun waits as long for its workers).
+        assert res["slurm_extra"] == "--signal=TERM@300", res
+    detection, det_res = jobs["bench_detection"]["shell"], jobs["bench_detection"]["resources"]
+    expected = {"gpus8-nodes1": "ORL_EXPECT_GPUS=8 python -m orl.gpu_lease 8 torchrun --standalone --nproc_per_node=8"
+                                " --shutdown-timeout=300 --no-python orl ",
+                "gpus4-nodes2": "ORL_EXPECT_GPUS=4 python -m orl.gpu_lease 4 torchrun --standalone --nproc_per_node=4"
+                                " --shutdown-timeout=300 --no-python orl ",
+                "gpus0": "python -m orl.gpu_lease 1 orl "}[case]
     assert detection.startswith(expected + "bench-detection "), detection
+    assert det_res["slurm_extra"] == "--signal=TERM@300", det_res
+    if gpus:
+        # One node, as pretraining, and CPUs for every rank's loader workers (Detectron2: 4 per GPU, + 1).
+        det_gpus = pre["gpus"]
+        assert (det_res["gpu"], det_res["nodes"], det_res["cpus_per_gpu"]) == (det_gpus, 1, 5), det_res
+        det_sbatch = sbatch_line(det_res, 5 * det_gpus)
+        assert "--nodes=1" in det_sbatch and "--cpus-per-gpu=5" in det_sbatch, det_sbatch
+        assert det_sbatch.endswith(f"--gpus={det_gpus}"), det_sbatch
+        assert "--threads 5 " in detection, detection
+    else:
+        assert det_res["gpu"] == 0 and "nodes" not in det_res, det_res
 
     if case == "gpus4-nodes2":
         _run_multinode_launcher(jobs["pretrain_byol"]["shell"], tmp_path / "run")
@@ -210,7 +227,9 @@ def _run_multinode_launcher(shell: str, where: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     launched = (where / "results" / "logs" / "pretrain_byol.log").read_text()
     assert launched.startswith("ORL_EXPECT_GPUS=4 srun --nodes=2 "), launched
-    assert "--rdzv_endpoint=gpu07:29400 --rdzv_id=4242 --no-python orl pretrain " in launched, launched
+    # The port follows the job (29400 + 4242 mod 1000): two jobs sharing a first host do not collide.
+    assert "--rdzv_endpoint=gpu07:29642 --rdzv_id=4242 --shutdown-timeout=300 --no-python orl pretrain " in launched, \
+        launched
     # Outside a SLURM job it stops with a message, before starting anything.
     proc = subprocess.run(["bash", "-c", script], cwd=where, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "nodes > 1 runs only inside a SLURM job" in proc.stderr, proc.stderr

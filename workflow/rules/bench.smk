@@ -46,6 +46,7 @@ rule bench_svm:
         samples=BENCH["svm"]["samples"],
         seed=BENCH["svm"]["seed"],
         workers=BENCH["workers"],
+        lease=auto_device_lease(BENCH["gpus"]),
     threads: BENCH["threads"]
     resources:
         mem_mb=BENCH["mem_mb"],
@@ -56,7 +57,7 @@ rule bench_svm:
     log:
         f"{R}/logs/bench/{{method}}/svm.log",
     shell:
-        "orl bench-svm --weights {input.weights:q} --method-name {wildcards.method} {params.data}"
+        "{params.lease}orl bench-svm --weights {input.weights:q} --method-name {wildcards.method} {params.data}"
         " --features {output.features:q} --image-size {params.image_size} --batch-size {params.batch_size}"
         " {params.costs} --folds {params.folds} --out {output.svm:q} --lowshot-out {output.lowshot:q}"
         " --k-values {params.k_values} --samples {params.samples} --seed {params.seed}"
@@ -87,6 +88,7 @@ rule bench_linear:
         lr=BENCH["linear"]["lr"],
         crop_size=BENCH["linear"]["crop_size"],
         workers=BENCH["workers"],
+        lease=auto_device_lease(BENCH["gpus"]),
     threads: BENCH["threads"]
     resources:
         mem_mb=BENCH["mem_mb"],
@@ -97,7 +99,7 @@ rule bench_linear:
     log:
         f"{R}/logs/bench/{{method}}/linear_{{dataset}}.log",
     shell:
-        "orl bench-linear --weights {input.weights:q} --method-name {wildcards.method}"
+        "{params.lease}orl bench-linear --weights {input.weights:q} --method-name {wildcards.method}"
         " --train-dir {params.train_dir:q} --val-dir {params.val_dir:q} --benchmark-name linear_{wildcards.dataset}"
         " --epochs {params.epochs} {params.color_aug} --batch-size {params.batch_size} --lr {params.lr}"
         " --crop-size {params.crop_size} --workers {params.workers} --threads {threads} --out {output:q} > {log:q} 2>&1"
@@ -127,6 +129,7 @@ rule bench_frozen:
         weight_decays=",".join(f"{wd:g}" for wd in FROZEN["weight_decays"]),
         folds=FROZEN["folds"],
         workers=BENCH["workers"],
+        lease=auto_device_lease(BENCH["gpus"]),
     threads: BENCH["threads"]
     resources:
         mem_mb=BENCH["mem_mb"],
@@ -137,7 +140,7 @@ rule bench_frozen:
     log:
         f"{R}/logs/bench/{{method}}/frozen.log",
     shell:
-        "orl bench-frozen --weights {input.weights:q} --method-name {wildcards.method}"
+        "{params.lease}orl bench-frozen --weights {input.weights:q} --method-name {wildcards.method}"
         " --train-dir {params.train_dir:q} --val-dir {params.val_dir:q} --features {output.features:q}"
         " --linear-out {output.linear:q} --knn-out {output.knn:q} --image-size {params.image_size}"
         " --batch-size {params.batch_size} --k {params.k} --temperature {params.temperature}"
@@ -163,6 +166,7 @@ rule bench_semi:
         batch_size=BENCH["semi"]["batch_size"],
         crop_size=BENCH["semi"]["crop_size"],
         workers=BENCH["workers"],
+        lease=auto_device_lease(BENCH["gpus"]),
     threads: BENCH["threads"]
     resources:
         mem_mb=BENCH["mem_mb"],
@@ -173,7 +177,7 @@ rule bench_semi:
     log:
         f"{R}/logs/bench/{{method}}/semi.log",
     shell:
-        "orl bench-semi --weights {input.weights:q} --method-name {wildcards.method}"
+        "{params.lease}orl bench-semi --weights {input.weights:q} --method-name {wildcards.method}"
         " --train-dir {params.train_dir:q} --val-dir {params.val_dir:q} --percent {params.percents} {params.subsets}"
         " --out {output:q} --epochs {params.epochs} --batch-size {params.batch_size} --crop-size {params.crop_size}"
         " --workers {params.workers} --threads {threads} > {log:q} 2>&1"
@@ -220,6 +224,13 @@ def detection_data(key, demo_value):
     return DET[key] or demo_value
 
 
+# CPUs of the detection job: each of its processes (one per GPU) needs its own loader workers, Detectron2's
+# DATALOADER.NUM_WORKERS = 4 per GPU, plus one for the process itself; never fewer than bench.threads.
+DET_PROCESSES = max(1, DET["gpus"])
+DET_THREADS = max(BENCH["threads"], 5 * DET_PROCESSES if DET["gpus"] > 0 else 0)
+DET_WORKERS = max(0, min(BENCH["workers"], DET_THREADS // DET_PROCESSES - 1))
+
+
 rule bench_detection:
     input:
         weights=f"{R}/export/{{method}}/backbone.pth",
@@ -247,13 +258,15 @@ rule bench_detection:
         test_proposals=DET["test_proposals"],
         detections_per_image=DET["detections_per_image"],
         checkpoint_every=DET["checkpoint_every"],
-        workers=BENCH["workers"],
-        per_process_threads=max(1, BENCH["threads"] // max(1, DET["gpus"])),
-    threads: BENCH["threads"]
+        workers=DET_WORKERS,
+        per_process_threads=max(1, DET_THREADS // DET_PROCESSES),
+    threads: DET_THREADS
     resources:
         mem_mb=DET["mem_mb"],
         runtime=DET["runtime"],
-        gpu=DET["gpus"],
+        # nodes=1 and cpus_per_gpu, as pretraining: the GPUs are never split across nodes.
+        **gpu_resources(DET["gpus"], 1, DET_THREADS),
+        **stop_signal_resources(),
     benchmark:
         f"{R}/benchmarks/bench/{{method}}/detection.tsv",
     log:

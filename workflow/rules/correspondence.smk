@@ -28,6 +28,7 @@ rule roi_embed:
         max_aspect=BOX_FILTER["max_aspect"],
         iou=BOX_FILTER["iou"],
         max_boxes=BOX_FILTER["max_boxes"],
+        lease=auto_device_lease(CORR["gpus"]),
     threads: CORR["threads"]
     resources:
         mem_mb=CORR["mem_mb"],
@@ -38,7 +39,7 @@ rule roi_embed:
     log:
         f"{R}/logs/roi_embeddings/part-{{shard}}.log",
     shell:
-        "orl roi-embed --model {input.model:q} --index {input.index:q} --proposals {input.proposals:q}"
+        "{params.lease}orl roi-embed --model {input.model:q} --index {input.index:q} --proposals {input.proposals:q}"
         " --shard {wildcards.shard} --shards {params.shards} --mode {params.mode} --crop-size {params.crop_size}"
         " --image-size {params.image_size} --min-size {params.min_size} --max-aspect {params.max_aspect}"
         " --iou {params.iou} --max-boxes {params.max_boxes} --dtype {params.dtype} --precision {params.precision}"

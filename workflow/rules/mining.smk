@@ -13,13 +13,14 @@ rule features:
         batch_size=config["features"]["batch_size"],
         workers=config["features"]["workers"],
         precision=config["features"]["precision"],
+        lease=auto_device_lease(),
     threads: config["features"]["threads"]
     benchmark:
         f"{R}/benchmarks/features.tsv",
     log:
         f"{R}/logs/features.log",
     shell:
-        "orl features --model {input.model:q} --index {input.index:q} --out {output:q}"
+        "{params.lease}orl features --model {input.model:q} --index {input.index:q} --out {output:q}"
         " --resize {params.resize} --crop {params.crop} --batch-size {params.batch_size}"
         " --workers {params.workers} --precision {params.precision} --threads {threads} > {log:q} 2>&1"
 
@@ -34,13 +35,15 @@ rule knn:
         k=config["knn"]["k"],
         route=config["knn"]["route"],
         memory_gb=config["knn"]["memory_gb"],
+        # auto, faiss-gpu and torch take a visible GPU; the CPU routes need none.
+        lease=auto_device_lease() if config["knn"]["route"] in ("auto", "faiss-gpu", "torch") else "",
     threads: config["knn"]["threads"]
     benchmark:
         f"{R}/benchmarks/knn.tsv",
     log:
         f"{R}/logs/knn.log",
     shell:
-        "orl knn --features {input.features:q} --index {input.index:q} --out {output:q} --k {params.k}"
+        "{params.lease}orl knn --features {input.features:q} --index {input.index:q} --out {output:q} --k {params.k}"
         " --route {params.route} --memory-gb {params.memory_gb} --threads {threads} > {log:q} 2>&1"
 
 

@@ -13,16 +13,36 @@ EXPECT_GPUS = "ORL_EXPECT_GPUS"
 # First host of the job's allocation: the c10d rendezvous endpoint of a multi-node run. The SLURM jobstep plugin
 # drops $SLURM_JOB_NODELIST from the rule's environment (it keeps $SLURM_JOB_ID), hence the squeue fallback.
 FIRST_HOST = '$(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(squeue -h -o %N -j $SLURM_JOB_ID)}" | head -n 1)'
+# Default rendezvous port of a multi-node run: one per job, so two trainings whose first host is the same node
+# (two methods, or two workflows) do not collide on one port.
+JOB_RDZV_PORT = "$((29400 + SLURM_JOB_ID % 1000))"
+# Seconds between the stop signal and the job's end: SLURM sends SIGTERM this long before the time limit
+# (sbatch --signal, stop_signal_resources), and torchrun gives its workers as long to finish the step and write
+# the checkpoint before it kills them (--shutdown-timeout; torchrun's own default is 30 s).
+STOP_SIGNAL_LEAD_S = 300
 
 
-def gpu_launcher(gpus, nodes=1, processes=1, threads=1, port=29400):
+def gpu_lease(gpus):
+    """Prefix that runs a local job on `gpus` GPUs no other local job holds (orl.gpu_lease; a no-op under SLURM)."""
+    return f"python -m orl.gpu_lease {gpus} " if gpus > 0 else ""
+
+
+def auto_device_lease(gpus=0):
+    """gpu_lease for a stage that takes a visible GPU by itself (device "auto"): at least one GPU, so local jobs
+    never share one; without GPUs, and under SLURM, it changes nothing."""
+    return gpu_lease(max(1, gpus))
+
+
+def gpu_launcher(gpus, nodes=1, processes=1, threads=1, port=None, stop_lead_s=STOP_SIGNAL_LEAD_S):
     """The command that starts `orl` for a training rule, with the GPUs per node it must see in $ORL_EXPECT_GPUS.
 
     gpus <= 1 on one node: `orl`. More GPUs (or CPU processes for gloo DDP tests) on one node: torchrun
     --standalone with one process each. nodes > 1 (SLURM only): srun starts one torchrun per node, and they meet at
-    a c10d rendezvous on the job's first host.
+    a c10d rendezvous on the job's first host (port None: one derived from the job id). torchrun waits stop_lead_s
+    for its workers after forwarding a SIGTERM. On one node the GPUs come from a local lease (gpu_lease).
     """
     expect = f"{EXPECT_GPUS}={gpus} " if gpus > 0 else ""
+    shutdown = f"--shutdown-timeout={stop_lead_s}"
     if nodes > 1:
         if gpus < 1:
             raise ValueError(f"training on {nodes} nodes needs gpus >= 1 (GPUs per node)")
@@ -30,12 +50,21 @@ def gpu_launcher(gpus, nodes=1, processes=1, threads=1, port=29400):
             ': "${SLURM_JOB_ID:?nodes > 1 runs only inside a SLURM job: use --profile profiles/slurm}"; '
             f"{expect}srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={threads}"
             f" --kill-on-bad-exit=1 torchrun --nnodes={nodes} --nproc_per_node={gpus} --rdzv_backend=c10d"
-            f" --rdzv_endpoint={FIRST_HOST}:{port} --rdzv_id=$SLURM_JOB_ID --no-python orl"
+            f" --rdzv_endpoint={FIRST_HOST}:{port or JOB_RDZV_PORT} --rdzv_id=$SLURM_JOB_ID {shutdown} --no-python orl"
         )
     procs = gpus if gpus > 0 else processes
     if procs <= 1:
-        return f"{expect}orl"
-    return f"{expect}torchrun --standalone --nproc_per_node={procs} --no-python orl"
+        return f"{expect}{auto_device_lease(gpus)}orl"
+    return f"{expect}{gpu_lease(gpus)}torchrun --standalone --nproc_per_node={procs} {shutdown} --no-python orl"
+
+
+def stop_signal_resources():
+    """SLURM resources of a training rule that checkpoints on SIGTERM: the signal STOP_SIGNAL_LEAD_S before the end.
+
+    Only the job's tasks are signalled (the batch script and the plugin's srun wrapper are left alone), so the
+    trainer always gets to write its checkpoint; the job then ends with 143 and the retry resumes.
+    """
+    return {"slurm_extra": f"--signal=TERM@{STOP_SIGNAL_LEAD_S}"}
 
 
 def gpu_resources(gpus, nodes=1, threads=1):
@@ -119,6 +148,7 @@ for _method in PRETRAIN_METHODS + ORL_RUNS:
             mem_mb=pretrain_setting(_method, "mem_mb"),
             runtime=pretrain_setting(_method, "runtime"),
             **gpu_resources(pretrain_setting(_method, "gpus"), pretrain_setting(_method, "nodes"), pretrain_setting(_method, "threads")),
+            **stop_signal_resources(),
         benchmark:
             f"{R}/benchmarks/pretrain_{_method}.tsv",
         log:

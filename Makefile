@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,peer]'
+	$(BIN)/pip install --quiet -e '.[test,peer,cpu]'
 	touch $@
 
 run: $(STAMP)

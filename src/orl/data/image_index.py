@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from orl.artifacts import IMAGE_DIGEST_VERSION, open_artifact, write_artifact
-from orl.data.images import IMAGE_SUFFIXES, ImageReadError, image_files, open_rgb
+from orl.data.images import IMAGE_SUFFIXES, ImageReadError, open_rgb, scan_folder
 
 STAGE = "image_index"
 
@@ -126,16 +126,22 @@ def build_index(image_dir: str | os.PathLike, annotations: str | os.PathLike | N
             raise DatasetError(f"annotations file {ann} does not exist")
         names, ids = _read_coco_images(ann, root)
     else:
-        names = image_files(root)
+        scan = scan_folder(root)
+        names = scan.images
         ids = list(range(len(names)))
-        found = set(names)
-        others = sorted(
-            rel for p in root.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and (rel := p.relative_to(root).as_posix()) not in found
-        )
+        others = scan.other_files
         if others:
             warnings.warn(f"ignored {len(others)} file(s) in {root} without an image suffix "
                           f"({', '.join(IMAGE_SUFFIXES)}): {'; '.join(others[:10])}", stacklevel=2)
+        if scan.unencodable:
+            warnings.warn(f"left out {len(scan.unencodable)} file(s) in {root} whose names are not valid UTF-8 "
+                          f"(rename them): {'; '.join(scan.unencodable[:10])}", stacklevel=2)
+        if scan.loops:
+            warnings.warn(f"did not follow {len(scan.loops)} directory symlink(s) in {root} back to a folder already "
+                          f"indexed (a loop or a second link): {'; '.join(scan.loops[:10])}", stacklevel=2)
+        if scan.broken_links:
+            warnings.warn(f"left out {len(scan.broken_links)} symlink(s) in {root} that point to nothing: "
+                          f"{'; '.join(scan.broken_links[:10])}", stacklevel=2)
     if not names:
         raise DatasetError(f"no images found in {ann or root}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +14,52 @@ from PIL import Image
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")  # GIF: 1st frame
 
 
+@dataclass
+class FolderScan:
+    """What a walk of an image folder found: image files, and everything it leaves out (relative paths, sorted)."""
+
+    images: list[str] = field(default_factory=list)
+    other_files: list[str] = field(default_factory=list)  # no image suffix
+    unencodable: list[str] = field(default_factory=list)  # names that are not valid UTF-8, shown escaped
+    loops: list[str] = field(default_factory=list)  # directory symlinks back to a folder already walked
+    broken_links: list[str] = field(default_factory=list)  # symlinks to nothing
+
+
+def scan_folder(root: str | os.PathLike) -> FolderScan:
+    """Walk `root` at any depth, following directory symlinks once each (loops are cut); hidden files are ignored."""
+    root = Path(root)
+    scan = FolderScan()
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:  # a symlink back up the tree, or a second link to the same folder
+            scan.loops.append(Path(folder).relative_to(root).as_posix())
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        rel_folder = Path(folder).relative_to(root)
+        for name in files:
+            rel = (rel_folder / name).as_posix()
+            if name.startswith("."):
+                continue
+            if not os.path.isfile(os.path.join(folder, name)):
+                if not os.path.exists(os.path.join(folder, name)):
+                    scan.broken_links.append(ascii(os.fsencode(rel))[2:-1])
+                continue
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes arrive as surrogates; HDF5 and digests need UTF-8
+                scan.unencodable.append(ascii(os.fsencode(rel))[2:-1])
+                continue
+            (scan.images if Path(name).suffix.lower() in IMAGE_SUFFIXES else scan.other_files).append(rel)
+    for names in (scan.images, scan.other_files, scan.unencodable, scan.loops, scan.broken_links):
+        names.sort()
+    return scan
+
+
 def image_files(root: str | os.PathLike) -> list[str]:
     """Sorted relative paths of the image files under `root`, at any depth (hidden files are ignored)."""
-    root = Path(root)
-    return sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+    return scan_folder(root).images
 
 
 def listing_digest(root: str | os.PathLike) -> str:

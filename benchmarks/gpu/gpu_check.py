@@ -154,8 +154,8 @@ def part_env(s: dict, dev: torch.device) -> dict:
     out["capability"] = ".".join(map(str, torch.cuda.get_device_capability(dev)))
     return {**out, "rows": [["env", "measured", f"{out['device']} (sm {out['capability']}), torch {out['torch']}, "
                                                 f"CUDA {out['cuda']}"],
-                            ["bf16", "pass" if out["bf16_supported"] else "FAIL",
-                             f"torch.cuda.is_bf16_supported() = {out['bf16_supported']}"]]}
+                            ["bf16", "measured", f"torch.cuda.is_bf16_supported() = {out['bf16_supported']}"
+                             f"{'' if out['bf16_supported'] else ' (orl falls back to fp16 autocast + GradScaler)'}"]]}
 
 
 def _loader(ds, s: dict, workers: int, dev: torch.device) -> DataLoader:

@@ -40,12 +40,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    world = int(os.environ["WORLD_SIZE"])
-    tdist.init_process_group("nccl" if gpus >= world else "gloo")  # gloo: CPU, or more ranks than GPUs
-    rank = tdist.get_rank()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dev = torch.device("cuda", rank % gpus) if gpus else torch.device("cpu")
     if gpus:
-        torch.cuda.set_device(dev)
+        torch.cuda.set_device(dev)  # before NCCL creates its communicator on the current device
+    tdist.init_process_group("nccl" if gpus >= world else "gloo")  # gloo: CPU, or more ranks than GPUs
     torch.manual_seed(0)  # the same initial weights everywhere (DDP broadcasts rank 0's anyway)
     method = build_method("byol", arch=args.arch, **json.loads(args.heads))
     if gpus:

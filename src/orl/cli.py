@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import math
 import os
 import sys
 import warnings
@@ -78,6 +79,10 @@ def check_arguments(name: str, args: argparse.Namespace) -> None:
         value = getattr(args, flag, None)
         if value is not None and value <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
+    if name == "pretrain" and args.batch_size < 2:
+        raise ValueError(f"--batch-size must be at least 2 (BatchNorm needs more than one image), got {args.batch_size}")
 
 
 def _output_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:

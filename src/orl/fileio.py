@@ -106,6 +106,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise write_error(path, e) from e
 
 
+def remove_stale_temps(folder: str | os.PathLike, prefix: str) -> list[Path]:
+    """Delete `.<prefix>*.tmp` files in `folder`: what a run killed mid-write (kill -9, node failure) left behind.
+
+    Call only while holding the right to write those files (the output's lock): then no live writer owns them.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.name.startswith(f".{prefix}") and p.name.endswith(".tmp") and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 class _RecordingFile:
     """A file wrapper that remembers the OSError of a failed write (torch.save reports it only as 'unexpected pos')."""
 

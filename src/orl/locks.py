@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from orl.fileio import file_mode
+from orl.fileio import file_mode, remove_stale_temps
 
 # flock is not supported on some network file systems; there the run goes on unlocked, with a warning.
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -53,6 +53,7 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path]:
             return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+        remove_stale_temps(Path(out).parent, f"{Path(out).name}.")  # we own `out` now: its temps are leftovers
         yield path
     finally:
         os.close(fd)  # releases the flock

@@ -181,6 +181,8 @@ def _fingerprint(cfg: DetectionConfig, arch: str, weights_sha: str | None, data:
 def _resume_state(folder: Path, fingerprint: dict[str, Any], rt: Runtime) -> dict[str, Any] | None:
     """The newest checkpoint made with the same fingerprint; stale ones are moved aside (they would otherwise
     outrank, and so survive pruning instead of, the new run's checkpoints)."""
+    if rt.is_main:
+        ckpt.remove_stale_temps(folder)  # half-written checkpoints of a killed run
     path = ckpt.latest_checkpoint(folder)
     state = ckpt.load_checkpoint(path) if path is not None else None
     stale = state is not None and state["config"].get("fingerprint") != fingerprint

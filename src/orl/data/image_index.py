@@ -73,6 +73,13 @@ def shard_range(n: int, shards: int, shard: int) -> tuple[int, int]:
     return n * shard // shards, n * (shard + 1) // shards
 
 
+def coco_id(value: object, annotations: str | os.PathLike, where: str) -> int:
+    """A COCO id as int; DatasetError naming the file and the entry when it is not a whole number."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("-").isdigit():
+        raise DatasetError(f"{annotations}: {where} is {value!r}, not an integer id")
+    return int(value)
+
+
 def _read_coco_images(annotations: Path, root: Path) -> tuple[list[str], list[int]]:
     try:
         with open(annotations) as f:
@@ -87,7 +94,7 @@ def _read_coco_images(annotations: Path, root: Path) -> tuple[list[str], list[in
         if not isinstance(entry, dict) or "file_name" not in entry or "id" not in entry:
             raise DatasetError(f"{annotations}: images[{k}] lacks 'file_name' or 'id'")
         names.append(str(entry["file_name"]))
-        ids.append(int(entry["id"]))
+        ids.append(coco_id(entry["id"], annotations, f"images[{k}].id"))
     dupes = {n for n in names if names.count(n) > 1} if len(set(names)) != len(names) else set()
     if dupes:
         raise DatasetError(f"{annotations}: file names listed more than once: {sorted(dupes)[:5]}")

@@ -128,6 +128,9 @@ def normalize_rows(features: np.ndarray) -> np.ndarray:
 def _check_k(k: int, n: int) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    if n < 2:
+        raise ValueError(f"kNN needs at least 2 images (self is excluded), but the feature bank has {n}; "
+                         "add images to the dataset")
     if k >= n:
         raise ValueError(
             f"k={k} neighbours need at least {k + 1} images (self is excluded), but the feature bank has {n}; "

@@ -10,9 +10,7 @@ adds on top of the proposals and the kNN.
 
 from __future__ import annotations
 
-import json
 import os
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -20,21 +18,15 @@ import numpy as np
 from orl.artifacts import Csr
 from orl.data.image_index import ImageIndex
 from orl.mining.box_filter import box_iou
+from orl.mining.proposal_quality import usable_annotations
 
 IOU_THRESHOLD = 0.5
 
 
 def load_gt(annotations: str | os.PathLike, image_ids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image (`image_ids` order): non-crowd, non-degenerate COCO boxes (G, 4) xywh float64 and categories (G,)."""
-    with open(annotations) as f:
-        data = json.load(f)
-    per_image: dict[int, list[tuple[list[float], int]]] = defaultdict(list)
-    for ann in data.get("annotations", []):
-        if ann.get("iscrowd", 0):
-            continue  # a crowd region is not one object
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        if w > 0 and h > 0:
-            per_image[int(ann["image_id"])].append(([x, y, w, h], int(ann["category_id"])))
+    per_image = {i: [(a["bbox"], int(a["category_id"])) for a in anns]
+                 for i, anns in usable_annotations(annotations, image_ids).items()}
     out = []
     for i in image_ids:
         anns = per_image.get(int(i), [])

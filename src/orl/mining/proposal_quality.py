@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
 from orl.artifacts import Csr
-from orl.data.image_index import ImageIndex
+from orl.data.image_index import DatasetError, ImageIndex, coco_id
 from orl.mining.box_filter import box_iou, filter_boxes, size_aspect_mask
 
 IOU_THRESHOLDS = (0.5, 0.7)
@@ -22,18 +23,42 @@ IOU_THRESHOLDS = (0.5, 0.7)
 AREA_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, float("inf"))}
 
 
-def load_gt_boxes(annotations: str | os.PathLike, image_ids: np.ndarray) -> list[np.ndarray]:
-    """Non-crowd, non-degenerate COCO boxes (x, y, w, h) float64 per image, in the order of `image_ids`."""
+def usable_annotations(annotations: str | os.PathLike, image_ids: np.ndarray) -> dict[int, list[dict[str, Any]]]:
+    """Non-crowd COCO annotations with a positive-size bbox per listed image id; warns with counts of what it drops.
+
+    A malformed entry (image id not an integer, bbox not four numbers) is an error naming the file and the entry.
+    """
     with open(annotations) as f:
         data = json.load(f)
-    per_image: dict[int, list[list[float]]] = defaultdict(list)
-    for ann in data.get("annotations", []):
+    wanted = {int(i) for i in image_ids}
+    per_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    degenerate = elsewhere = 0
+    for k, ann in enumerate(data.get("annotations", [])):
         if ann.get("iscrowd", 0):
             continue  # crowd regions are not single objects; COCO's own recall ignores them too
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        if w > 0 and h > 0:
-            per_image[int(ann["image_id"])].append([x, y, w, h])
-    return [np.asarray(per_image.get(int(i), []), dtype=np.float64).reshape(-1, 4) for i in image_ids]
+        image_id = coco_id(ann.get("image_id"), annotations, f"annotations[{k}].image_id")
+        bbox = ann.get("bbox")
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{annotations}: annotations[{k}].bbox is {bbox!r}, not [x, y, w, h]") from None
+        if image_id not in wanted:
+            elsewhere += 1
+        elif not (w > 0 and h > 0):
+            degenerate += 1
+        else:
+            per_image[image_id].append({**ann, "bbox": [x, y, w, h]})
+    if degenerate or elsewhere:
+        warnings.warn(f"{annotations}: left out {degenerate} annotation(s) with a zero or negative box size and "
+                      f"{elsewhere} of image ids not in the image index", stacklevel=2)
+    return per_image
+
+
+def load_gt_boxes(annotations: str | os.PathLike, image_ids: np.ndarray) -> list[np.ndarray]:
+    """Non-crowd, non-degenerate COCO boxes (x, y, w, h) float64 per image, in the order of `image_ids`."""
+    per_image = usable_annotations(annotations, image_ids)
+    return [np.asarray([a["bbox"] for a in per_image.get(int(i), [])], dtype=np.float64).reshape(-1, 4)
+            for i in image_ids]
 
 
 def best_iou(gt: np.ndarray, boxes: np.ndarray) -> np.ndarray:

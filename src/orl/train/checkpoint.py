@@ -128,6 +128,11 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
     return None
 
 
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files of checkpoint writes that a killed run left (each can be a whole checkpoint)."""
+    return fileio.remove_stale_temps(folder, "ckpt-")
+
+
 def prune_checkpoints(folder: str | os.PathLike, keep: int) -> None:
     """Delete all but the `keep` newest checkpoints (keep <= 0 keeps everything)."""
     if keep > 0:

@@ -282,6 +282,8 @@ class Trainer:
 
     def _find_resume(self, fingerprint: Mapping[str, Any]) -> dict[str, Any] | None:
         """Load the newest valid checkpoint made by the same configuration; set aside stale ones."""
+        if self.rt.is_main:
+            ckpt.remove_stale_temps(self.ckpt_dir)  # half-written checkpoints of a killed run
         path = ckpt.latest_checkpoint(self.ckpt_dir)
         state = ckpt.load_checkpoint(path) if path is not None else None
         stale = state is not None and state["config"].get("fingerprint") != fingerprint

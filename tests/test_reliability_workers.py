@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from train_helpers import TINY_CLI_ARGS, make_index
+from train_helpers import TINY_BYOL_ARGS, TINY_CLI_ARGS, make_index
 
 from orl.data.loader_workers import worker_error_line
+from orl.methods import build_method
+from orl.train import checkpoint as ckpt
 
 
 def _run(cmd: list[str], timeout: float) -> tuple[int | None, str, float]:
@@ -42,6 +44,21 @@ def test_pretrain_with_a_missing_image_and_a_worker_exits_with_its_error(tmp_pat
     last = err.strip().splitlines()[-1]
     assert last.startswith("orl pretrain: error: ImageReadError: ") and "img_003.jpg" in last, last
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_features_with_workers_reports_a_missing_image_in_one_line(tmp_path: Path) -> None:
+    _, index_path = make_index(tmp_path)
+    model = ckpt.save_final(tmp_path / "model.pt", build_method("byol", **TINY_BYOL_ARGS))
+    (tmp_path / "images" / "img_005.jpg").unlink()
+    cmd = [sys.executable, "-m", "orl.cli", "features", "--model", str(model), "--index", str(index_path),
+           "--out", str(tmp_path / "features.h5"), "--resize", "40", "--crop", "32", "--batch-size", "2",
+           "--workers", "2", "--device", "cpu"]
+    code, err, seconds = _run(cmd, timeout=90)
+    assert code == 1, f"exit {code} after {seconds:.0f} s\n{err[-2000:]}"
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("orl features: error: ImageReadError: ") and "img_005.jpg" in lines[-1], err[-2000:]
+    assert "Traceback" not in err and len(lines) < 5, err[-2000:]
 
 
 def test_signal_ignoring_workers_do_not_outlive_an_error(tmp_path: Path) -> None:

@@ -28,13 +28,14 @@ def stop_workers(source: Iterable[Any]) -> None:
     shutdown = getattr(batches, "_shutdown_workers", None)
     if shutdown is None:
         return
-    try:
-        shutdown()  # sentinel, join with a timeout, then SIGTERM (which our workers ignore)
-    finally:
-        for worker in getattr(batches, "_workers", []):
-            if worker.is_alive():
-                worker.kill()
-                worker.join(timeout=5)
+    # Sentinel, join with a timeout, then SIGTERM (which our workers ignore). Called while another error
+    # propagates: a failure here must not replace that error, and the SIGKILL below must still happen.
+    with contextlib.suppress(Exception):
+        shutdown()
+    for worker in getattr(batches, "_workers", []):
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
 
 
 @contextlib.contextmanager

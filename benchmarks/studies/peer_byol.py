@@ -12,7 +12,7 @@ EMA momentum cosine 0.99 -> 1 over steps). orl's run is its own recipe, which is
 once per seed and serves both comparisons. One JSON line per finished (impl, recipe, seed) run is appended to
 --out; a rerun skips finished runs, then prints a markdown table and draws --figure.
 
-    flock /tmp/orl-train.lock .venv/bin/python benchmarks/studies/peer_byol.py --epochs 30 \\
+    flock /tmp/orl-train.lock .venv/bin/python benchmarks/studies/peer_byol.py --epochs 8 \\
         --out docs/figures/peer_byol.jsonl --figure docs/figures/peer_byol.png
 """
 
@@ -280,7 +280,7 @@ def plot_curves(records: list[dict[str, Any]], out: Path) -> None:
 def main() -> None:
     """Prepare the data, train every missing (impl, recipe, seed) run, print the table, draw the figure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30, help="epochs per run (8 steps each at the demo's size)")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs per run (8 steps each; config.yaml trains 8)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the orl subprocess gets the same)")
     parser.add_argument("--root", type=Path, default=Path("/tmp/orl-peer-byol"), help="data and run folders")

@@ -6,18 +6,26 @@
 #   bash benchmarks/gpu/gpu_check.sh [--out gpu_check.json]            # on a machine with one or more NVIDIA GPUs
 #   bash benchmarks/gpu/gpu_check.sh --cpu-smoke [--out smoke.json]    # tiny sizes on CPU, < 2 minutes; GPU-only
 #                                                                      # parts say "skipped: needs CUDA"
+#   bash benchmarks/gpu/gpu_check.sh --study [--cpu-smoke]             # then the small tier's GPU study (gpu_study.py:
+#                                                                      # <= 8 min on one H100; smoke mode on CPU)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="gpu_check.json"
 smoke=()
+study=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu-smoke) smoke=(--smoke); export CUDA_VISIBLE_DEVICES=""; export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" ;;
     --out) out="$2"; shift ;;
-    *) echo "gpu_check.sh: unknown argument $1 (use --cpu-smoke, --out FILE)" >&2; exit 2 ;;
+    --study) study=1 ;;
+    *) echo "gpu_check.sh: unknown argument $1 (use --cpu-smoke, --out FILE, --study)" >&2; exit 2 ;;
   esac
   shift
 done
 python="${PYTHON:-python}"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+if [ "$study" = 1 ]; then
+  "$python" "$here/gpu_check.py" "${smoke[@]}" --out "$out"
+  exec "$python" "$here/gpu_study.py" "${smoke[@]}"
+fi
 exec "$python" "$here/gpu_check.py" "${smoke[@]}" --out "$out"

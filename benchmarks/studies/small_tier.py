@@ -34,12 +34,12 @@ ABLATIONS = "orl_ablations: {orl_no_inter: {w_inter: 0}}\n"  # ORL without its i
 CURVE_ORDER = ("byol", "simclr", "moco_v2", "orl", "orl_no_inter")
 
 
-def run_layers(root: Path, seed: int) -> list[Path]:
-    """The config layers of one seed on top of the demo config: small.yaml, the ablation, results and seed."""
+def run_layers(root: Path, seed: int, extra: list[Path] = ()) -> list[Path]:
+    """The config layers of one seed on top of the demo config: small.yaml, the ablation, `extra`, results and seed."""
     ablation = root / "ablations.yaml"
     ablation.parent.mkdir(parents=True, exist_ok=True)
     ablation.write_text(ABLATIONS, encoding="utf-8")
-    return [SMALL, ablation, config_layer(root / f"seed{seed}.yaml", root / f"seed{seed}", seed)]
+    return [SMALL, ablation, *extra, config_layer(root / f"seed{seed}.yaml", root / f"seed{seed}", seed)]
 
 
 def knn_curve(metrics_csv: Path, images_per_step: int) -> dict[str, list[float]]:
@@ -145,6 +145,7 @@ def main() -> int:
     parser.add_argument("--figures", type=Path, default=REPO / "docs" / "figures")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--targets", nargs="*", default=[], help="Snakemake targets relative to a seed's folder")
+    parser.add_argument("--layer", type=Path, nargs="*", default=[], help="extra config layers (e.g. more epochs)")
     parser.add_argument("--dry-run", action="store_true", help="Snakemake -n for every seed; gathers nothing")
     parser.add_argument("--gather-only", action="store_true", help="only redraw from the finished runs")
     args = parser.parse_args()
@@ -153,7 +154,7 @@ def main() -> int:
         for seed in args.seeds:
             start = time.perf_counter()
             targets = [str(root / f"seed{seed}" / t) for t in args.targets]
-            cmd = demo_snakemake(run_layers(root, seed), args.cores, targets, args.dry_run)
+            cmd = demo_snakemake(run_layers(root, seed, args.layer), args.cores, targets, args.dry_run)
             subprocess.run(cmd, check=True, cwd=REPO)
             print(f"seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     if args.dry_run:

@@ -39,7 +39,7 @@ def lock_dir() -> Path:
 
 
 def try_lease(count: int, gpus: list[str], folder: Path) -> tuple[list[str], list[int]] | None:
-    """Lock `count` free GPUs of `gpus`: (their ids, the open lock fds), or None (nothing held) when too few are free."""
+    """Lock `count` free GPUs of `gpus`: (their ids, the open lock fds), or None (holding nothing) if too few free."""
     folder.mkdir(parents=True, exist_ok=True)
     ids: list[str] = []
     fds: list[int] = []

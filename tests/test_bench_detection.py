@@ -21,8 +21,8 @@ from orl.bench import detection as det
 from orl.bench.detection_model import HeadSizes, build_mask_rcnn
 from orl.bench.weights import infer_arch, read_backbone_state
 from orl.data.demo_scenes import generate_demo_dataset
+from orl.runtime import Runtime
 from orl.stages import bench_detection
-from orl.train.launch import Runtime
 
 # pycocotools' decode trips a NumPy 2 DeprecationWarning once per mask; it is theirs and harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

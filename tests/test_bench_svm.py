@@ -279,7 +279,7 @@ def test_orl_model_file_gives_its_online_backbone(tmp_path: Path) -> None:
     from train_helpers import TINY_BYOL_ARGS
 
     from orl.methods import build_method
-    from orl.train.checkpoint import save_final
+    from orl.checkpoint import save_final
 
     torch.manual_seed(0)
     method = build_method("byol", **TINY_BYOL_ARGS)

@@ -15,14 +15,15 @@ from PIL import Image
 
 from orl.artifacts import ArtifactError, Csr, open_artifact, read_attrs, write_artifact
 from orl.bench.weights import sha256_file
+from orl.checkpoint import save_final
 from orl.data.image_index import build_index, load_index, write_index
 from orl.methods import build_method
+from orl.methods.pretrained import load_pretrained
 from orl.mining.correspondence import mine_query, num_pairs, top_pairs
 from orl.mining.naive_mining import naive_mine
 from orl.mining.pair_quality import load_gt, pair_quality
 from orl.mining.roi_embed import FilterSettings, RoiEmbedder, RoiSettings, image_tasks, kept_boxes
 from orl.stages import gather_correspondence, mine_pairs, roi_embed
-from orl.train.checkpoint import load_pretrained, save_final
 from orl.viz.correspondence import draw_pairs, plot_correspondence
 
 W, H = 64, 48

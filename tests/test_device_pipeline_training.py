@@ -158,7 +158,7 @@ def test_every_method_trains_with_the_device_pipeline_through_snakemake(tmp_path
     from workflow_helpers import check, deep_merge, snakemake
 
     from orl.methods import METHODS
-    from orl.train.checkpoint import load_pretrained
+    from orl.methods.pretrained import load_pretrained
 
     config = deep_merge(TINY_RUN, {"baselines": ["moco_v2", "simclr"],
                                    "pretrain": {"pipeline": "device", "decode": "device",

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torchvision
 
+from orl.checkpoint import save_final
 from orl.methods import build_method
 from orl.models import export as ex
 from orl.stages import export as stage
-from orl.train.checkpoint import save_final
 
 TINY = dict(arch="resnet18", proj_hidden=32, proj_dim=16, pred_hidden=32)
 

@@ -100,10 +100,10 @@ def test_stage_writes_feature_artifact(index_path: Path, tmp_path: Path, monkeyp
         loaded.append((Path(path), map_location))
         return ColourModel()
 
-    # The real orl.train.checkpoint rebuilds a trained Method; here a stand-in returns the tiny model.
-    fake = types.ModuleType("orl.train.checkpoint")
+    # The real orl.methods.pretrained rebuilds a trained Method; here a stand-in returns the tiny model.
+    fake = types.ModuleType("orl.methods.pretrained")
     fake.load_pretrained = load_pretrained
-    monkeypatch.setitem(sys.modules, "orl.train.checkpoint", fake)
+    monkeypatch.setitem(sys.modules, "orl.methods.pretrained", fake)
 
     out = tmp_path / "features.h5"
     parser = argparse.ArgumentParser()

@@ -14,8 +14,8 @@ import torch
 
 from orl.artifacts import write_artifact
 from orl.bench.results import write_result
+from orl.checkpoint import atomic_save
 from orl.fileio import file_mode
-from orl.train.checkpoint import atomic_save
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
@@ -42,7 +42,7 @@ import numpy as np, torch
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
 from orl.artifacts import write_artifact
-from orl.train.checkpoint import atomic_save
+from orl.checkpoint import atomic_save
 what, out = sys.argv[1], sys.argv[2]
 try:
     if what == "artifact":

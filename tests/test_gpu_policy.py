@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from orl import gpu_lease
+from orl import checkpoint as ckpt
 from orl.bench import detection as det
 from orl.bench.detection_model import HeadSizes, build_mask_rcnn
 from orl.methods import build_method, build_training_dataset
 from orl.methods.losses import infonce_loss, nt_xent_loss
 from orl.mining.knn import gpu_number
 from orl.precision import autocast_dtype, ieee_fp32
-from orl.train import checkpoint as ckpt
 from orl.train import trainer as trainer_module
 from orl.train.trainer import TrainConfig, Trainer
 from train_helpers import TINY_BYOL_ARGS, make_index

@@ -13,15 +13,16 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from orl import checkpoint as ckpt
 from orl.artifacts import ArtifactError
 from orl.data.datasets import SeededSampler
-from orl.methods import build_training_dataset
 from orl.data.images import open_rgb
 from orl.data.orl_dataset import ORLDataset, crop_resize
+from orl.methods import build_training_dataset
 from orl.methods import BYOL, ORL, build_method
+from orl.methods.pretrained import load_pretrained
 from orl.models.backbones import ResNetBackbone, global_pool
 from orl.stages import pretrain
-from orl.train import checkpoint as ckpt
 from orl.train.trainer import TrainConfig, Trainer
 from orl_helpers import TINY_ORL_ARGS, make_correspondence
 from train_helpers import make_index
@@ -229,7 +230,7 @@ def test_short_orl_run_lowers_its_loss(data, tmp_path: Path):
     for term in ("loss", "loss_global", "loss_intra", "loss_inter"):
         first, last = np.mean([r[term] for r in rows[:2]]), np.mean([r[term] for r in rows[-2:]])
         assert last < 0.8 * first, (term, first, last)
-    method = ckpt.load_pretrained(tmp_path / "run" / "model.pt")
+    method = load_pretrained(tmp_path / "run" / "model.pt")
     assert isinstance(method, ORL) and method.hparams()["arch"] == "resnet18"
 
 

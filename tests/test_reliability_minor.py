@@ -11,13 +11,13 @@ import torch
 from train_helpers import TINY_BYOL_ARGS, make_index
 
 from orl import cli
+from orl import checkpoint as ckpt
 from orl.config_check import config_problems
 from orl.data.image_index import DatasetError, build_index
 from orl.locks import output_lock
 from orl.methods import build_method, build_training_dataset
 from orl.mining.knn import knn
 from orl.mining.proposal_quality import load_gt_boxes
-from orl.train import checkpoint as ckpt
 from orl.train.trainer import TrainConfig, train
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"

@@ -10,8 +10,9 @@ import pytest
 import torch
 from train_helpers import TINY_BYOL_ARGS
 
+from orl import checkpoint as ckpt
 from orl.methods import build_method
-from orl.train import checkpoint as ckpt
+from orl.methods.pretrained import load_pretrained
 
 
 def _flip_bit(path: Path, member_suffix: str = "data/0") -> None:
@@ -36,8 +37,8 @@ def test_a_flipped_bit_in_model_pt_is_refused_with_the_file_name(model_file: Pat
     bad.write_bytes(model_file.read_bytes())
     _flip_bit(bad)
     with pytest.raises(ckpt.CorruptWeightsError, match=r"model\.pt: corrupt file: .* fails its CRC-32 check"):
-        ckpt.load_pretrained(bad)
-    ckpt.load_pretrained(model_file)  # the intact copy loads
+        load_pretrained(bad)
+    load_pretrained(model_file)  # the intact copy loads
 
 
 def test_non_finite_weights_are_refused_by_features_and_export(model_file: Path, tmp_path: Path) -> None:
@@ -48,7 +49,7 @@ def test_non_finite_weights_are_refused_by_features_and_export(model_file: Path,
     nan_model.parent.mkdir()
     torch.save(state, nan_model)  # CRCs intact: the weights themselves are bad
     with pytest.raises(ckpt.CorruptWeightsError, match=r"nan/model\.pt: 1 weight tensor\(s\) hold NaN or inf"):
-        ckpt.load_pretrained(nan_model)
+        load_pretrained(nan_model)
     from orl import cli
 
     code = cli.main(["export", "--model", str(nan_model), "--out-dir", str(tmp_path / "export")])

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from train_helpers import TINY_BYOL_ARGS, TINY_CLI_ARGS, make_index
 
+from orl import checkpoint as ckpt
 from orl.data.loader_workers import worker_error_line
 from orl.methods import build_method
-from orl.train import checkpoint as ckpt
 
 
 def _run(cmd: list[str], timeout: float) -> tuple[int | None, str, float]:

@@ -242,7 +242,7 @@ def test_multinode_without_gpus_is_refused(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------- GPU-count check
 def test_check_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from orl.train import launch
+    from orl import runtime as launch
 
     for name in ("ORL_EXPECT_GPUS", "SLURM_GPUS_ON_NODE", "LOCAL_WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -290,7 +290,7 @@ def test_gpu_stages_stop_when_they_see_too_few_gpus(stage: str, args: list[str],
     monkeypatch.delenv("ORL_EXPECT_GPUS")
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
     if stage == "pretrain":
-        from orl.train import launch
+        from orl import runtime as launch
 
         assert launch.check_gpus(multi_node=True) == 0
     else:

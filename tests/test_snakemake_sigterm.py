@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from demo_run import TINY_RUN
-from orl.train import checkpoint as ckpt
+from orl import checkpoint as ckpt
 from train_helpers import make_images
 from workflow_helpers import REPO, deep_merge
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import slurm_helpers as sh
-from orl.train import checkpoint as ckpt
+from orl import checkpoint as ckpt
 from train_helpers import TINY_CLI_ARGS, make_index
 from workflow_helpers import demo_config
 
@@ -29,7 +29,7 @@ SLOW_SAVE_S = 6
 # The trainer's checkpoint write made slow; everything else is `orl` itself.
 WRAPPER = f"""
 import sys, time
-from orl.train import checkpoint as ckpt
+from orl import checkpoint as ckpt
 
 _save = ckpt.save_checkpoint
 

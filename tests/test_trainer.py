@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from orl import checkpoint as ckpt
 from orl.methods import build_training_dataset
-from orl.train import checkpoint as ckpt
+from orl.methods.pretrained import load_pretrained
 from orl.train.trainer import NonFiniteLossError, TrainConfig, Trainer
 from train_helpers import TINY_BYOL_ARGS, TINY_CLI_ARGS, make_index
 
@@ -79,7 +80,7 @@ def test_load_pretrained_returns_online_weights(straight) -> None:
     _, model_path = straight
     state = torch.load(model_path, weights_only=True)
     assert set(state) == {"method", "hparams", "state_dict", "meta"}
-    method = ckpt.load_pretrained(model_path)
+    method = load_pretrained(model_path)
     assert not method.training
     online = method.online_backbone().state_dict()
     saved = state["state_dict"]

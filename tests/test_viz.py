@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from orl import cli
+from orl.checkpoint import save_final
 from orl.methods import build_method
-from orl.train.checkpoint import save_final
 from orl.viz import attention, curves, summary
 
 TINY_BYOL = {"arch": "resnet18", "proj_hidden": 32, "proj_dim": 16, "pred_hidden": 32}
@@ -92,7 +92,7 @@ def test_attention_map_is_the_channel_mean_of_res5(models: dict[str, Path], imag
 
 
 def test_model_pt_uses_the_online_backbone(models: dict[str, Path]) -> None:
-    from orl.train.checkpoint import load_pretrained
+    from orl.methods.pretrained import load_pretrained
 
     online = load_pretrained(models["byol"]).online_backbone().state_dict()
     loaded = attention.load_model(models["byol"]).state_dict()

@@ -116,7 +116,7 @@ def test_baselines_train_through_snakemake_and_torchrun(tmp_path: Path) -> None:
     import torch
 
     from orl.methods import METHODS
-    from orl.train.checkpoint import load_pretrained
+    from orl.methods.pretrained import load_pretrained
 
     for method in ("byol", "moco_v2", "simclr"):
         model = load_pretrained(tmp_path / "results" / "pretrain" / method / "model.pt")

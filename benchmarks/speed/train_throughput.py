@@ -43,8 +43,8 @@ from orl.artifacts import Csr, write_artifact
 from orl.data.datasets import SeededDataset
 from orl.data.image_index import ImageIndex, build_index
 from orl.methods import build_training_dataset
+from orl.runtime import choose_device
 from orl.stages.pretrain import parse_method_args
-from orl.train.launch import choose_device
 from orl.train.trainer import TrainConfig, Trainer
 
 COCO128 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco128" / "images"
@@ -147,7 +147,7 @@ def _trainer_throughput(args: argparse.Namespace, dataset: Any, out: Path, worke
                       warmup_epochs=0, workers=workers, checkpoint_every=10**6, keep_checkpoints=1, log_every=1,
                       precision=args.precision, image_size=args.image_size,
                       pipeline=args.pipeline, decode=args.decode)
-    from orl.train.launch import Runtime
+    from orl.runtime import Runtime
 
     rt = Runtime(0, 0, 1, args.device)
     Trainer(cfg, dataset, out, runtime=rt).fit()

@@ -46,7 +46,7 @@ fi
 "$PY" - "$WORK/model.pt" "$ARCH" <<'EOF'
 import sys, torch
 from orl.methods import build_method
-from orl.train.checkpoint import save_final
+from orl.checkpoint import save_final
 torch.manual_seed(0)  # random init, no training
 save_final(sys.argv[1], build_method("byol", arch=sys.argv[2]), meta={"note": "random init, untrained"})
 EOF

@@ -135,7 +135,7 @@ def train_lightly(paths: dict[str, Path], cfg: dict[str, Any], recipe: str, seed
     from orl.methods import BYOL, build_training_dataset
     from orl.methods.base import cosine_momentum
     from orl.models.backbones import feature_dim
-    from orl.train.launch import configure_determinism, seed_everything
+    from orl.runtime import configure_determinism, seed_everything
     from orl.train.schedules import scaled_lr, warmup_cosine_lr, warmup_steps_for
 
     configure_determinism(torch.device("cpu"))

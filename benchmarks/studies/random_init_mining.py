@@ -28,7 +28,7 @@ BENCHES = ("knn_demo", "linear_demo", "voc07_svm")
 def random_byol(path: Path, seed: int, method_args: dict) -> None:
     """Write a random-init BYOL model.pt (what stage 2 reads) at path."""
     from orl.methods import build_method
-    from orl.train.checkpoint import save_final
+    from orl.checkpoint import save_final
 
     torch.manual_seed(seed)
     save_final(path, build_method("byol", **method_args), {"note": f"random init, torch seed {seed}"})

@@ -8,7 +8,7 @@ def pretrain_setting(method, key):
 
 
 # GPU rules tell `orl` how many GPUs per node they asked for; it stops at once when it sees fewer
-# (orl.train.launch.check_gpus reads this variable).
+# (orl.runtime.check_gpus reads this variable).
 EXPECT_GPUS = "ORL_EXPECT_GPUS"
 # First host of the job's allocation: the c10d rendezvous endpoint of a multi-node run. The SLURM jobstep plugin
 # drops $SLURM_JOB_NODELIST from the rule's environment (it keeps $SLURM_JOB_ID), hence the squeue fallback.

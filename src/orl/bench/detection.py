@@ -32,13 +32,13 @@ from pycocotools.coco import COCO
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from orl import checkpoint as ckpt
 from orl.artifacts import write_json_atomic
 from orl.bench import coco_data, coco_eval
 from orl.bench.detection_model import HeadSizes, build_mask_rcnn, norm_parameters, to_sync_bn
 from orl.bench.weights import infer_arch, read_backbone_state, sha256_file
 from orl.data.loader_workers import ignore_stop_signals, stop_workers_on_error
-from orl.train import checkpoint as ckpt
-from orl.train.launch import Runtime, seed_everything
+from orl.runtime import Runtime, seed_everything
 
 CHECKPOINT_NAME = "detection"
 

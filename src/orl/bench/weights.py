@@ -87,7 +87,7 @@ def infer_arch(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def _load_orl_model(obj: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
-    from orl.train.checkpoint import load_pretrained  # lazy: imports the methods package
+    from orl.methods.pretrained import load_pretrained  # lazy: imports the methods package
 
     method = load_pretrained(path, map_location="cpu")
     backbone = method.online_backbone() if hasattr(method, "online_backbone") else None

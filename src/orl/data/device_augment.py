@@ -16,7 +16,7 @@ torch ops: the same code runs on CPU tensors (tested) and on CUDA. No host-devic
 a step touches, the blur kernel size) is made on the CPU copy of the parameter rows, each view key's rows and row
 indices reach the device in one pinned, non-blocking copy, and the constants are made once per device. On CUDA the
 blur runs on every row with one kernel size (unblurred rows are kept by a select), so its grouped convolution has
-the same shape in every batch and cudnn.benchmark (orl.train.launch) never re-tunes it.
+the same shape in every batch and cudnn.benchmark (orl.runtime) never re-tunes it.
 """
 
 from __future__ import annotations

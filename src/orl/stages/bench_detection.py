@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> None:
     """Fine-tune, evaluate on the val split, write the JSON report (rank 0)."""
     from orl.bench.detection import DetectionConfig, DetectionData, Interrupted, parse_sizes, run_benchmark
     from orl.bench.detection_model import HeadSizes
-    from orl.train.launch import check_gpus, init_distributed, set_threads, shutdown_distributed
+    from orl.runtime import check_gpus, init_distributed, set_threads, shutdown_distributed
 
     weights = None if str(args.weights).lower() == "none" else args.weights
     if weights is not None and not Path(weights).is_file():

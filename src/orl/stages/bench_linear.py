@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.epochs < 1:
         raise ValueError("--epochs must be at least 1")
-    from orl.train.launch import check_gpus
+    from orl.runtime import check_gpus
 
     check_gpus(device=args.device)  # before anything slow: a job on the wrong node fails at once
     set_threads(args.threads)

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> None:
     from orl.bench.svm_data import load_features
     from orl.bench.voc07_svm import AUTHORS_COSTS, run_voc07_svm
 
-    from orl.train.launch import check_gpus
+    from orl.runtime import check_gpus
 
     check_gpus(device=args.device)  # before anything slow: a job on the wrong node fails at once
     start = time.perf_counter()

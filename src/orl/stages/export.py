@@ -45,7 +45,7 @@ def export(
     out_dir = Path(out_dir)
     if model is not None:
         from orl.bench.weights import sha256_file
-        from orl.train.checkpoint import load_pretrained
+        from orl.methods.pretrained import load_pretrained
 
         method = load_pretrained(model, map_location="cpu")
         state = ex.backbone_state(method)

@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> None:
     from orl.artifacts import write_artifact
     from orl.data.image_index import load_index
     from orl.mining.features import compute_features, resolve_device
-    from orl.train.checkpoint import load_pretrained
-    from orl.train.launch import check_gpus
+    from orl.methods.pretrained import load_pretrained
+    from orl.runtime import check_gpus
 
     check_gpus(device=args.device)
     torch.set_num_threads(max(1, args.threads))

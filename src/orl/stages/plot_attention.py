@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Load each model in turn, compute the maps, draw the grid."""
-    from orl.train.launch import set_threads
+    from orl.runtime import set_threads
     from orl.viz.attention import parse_models, plot_attention
 
     set_threads(args.threads)

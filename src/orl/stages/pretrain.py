@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> None:
     from orl.data.image_index import load_index  # torch is imported lazily, as in every stage
     from orl.data.device_augment import resolve_pipeline
     from orl.methods import METHODS, build_training_dataset
-    from orl.train.launch import check_gpus, configure_determinism, init_distributed, set_threads, shutdown_distributed
+    from orl.runtime import check_gpus, configure_determinism, init_distributed, set_threads, shutdown_distributed
     from orl.train.trainer import TrainConfig, Trainer
 
     if args.method not in METHODS:

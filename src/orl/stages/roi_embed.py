@@ -70,7 +70,7 @@ def run_shard(
     from orl.mining.roi_embed import (
         FALLBACK_FIRST, FALLBACK_WHOLE, STORE_DTYPES, RoiEmbedder, embed_kept, image_tasks, shard_kept_boxes,
     )
-    from orl.train.checkpoint import load_pretrained
+    from orl.methods.pretrained import load_pretrained
 
     t0 = time.monotonic()
     index = load_index(index_path)
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from orl.mining.roi_embed import FilterSettings, RoiSettings
-    from orl.train.launch import check_gpus
+    from orl.runtime import check_gpus
 
     check_gpus(device=args.device)
     torch.set_num_threads(max(1, args.threads))

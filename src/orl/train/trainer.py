@@ -33,15 +33,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from orl import __version__
+from orl import checkpoint as ckpt
 from orl.data.datasets import SeededSampler
 from orl.data.device_augment import collate_samples, finish_views
 from orl.data.loader_workers import ignore_stop_signals, stop_workers
 from orl.methods import Method, build_method
 from orl.precision import autocast_dtype
-from orl.train import checkpoint as ckpt
+from orl.runtime import Runtime, seed_everything
 from orl.train.knn_monitor import COLUMN as KNN_COLUMN
 from orl.train.knn_monitor import KnnMonitor
-from orl.train.launch import Runtime, seed_everything
 from orl.train.lars import LARS
 from orl.train.schedules import global_batch_size, scaled_lr, warmup_cosine_lr, warmup_steps_for
 

@@ -82,7 +82,7 @@ def nonfinite_tensors(weights: Mapping[str, Any]) -> list[str]:
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
-def _check_finite(path: Path, weights: Mapping[str, Any]) -> None:
+def check_finite(path: Path, weights: Mapping[str, Any]) -> None:
     bad = nonfinite_tensors(weights)
     if bad:
         raise CorruptWeightsError(
@@ -91,7 +91,7 @@ def _check_finite(path: Path, weights: Mapping[str, Any]) -> None:
         )
 
 
-def _load(path: Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+def read_state(path: Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     verify_crc(path)
     # weights_only: our checkpoints hold only tensors and plain Python containers, so the safe loader suffices.
     return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -101,11 +101,11 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """Why `path` is not a usable training checkpoint (unreadable, CRC mismatch, keys, non-finite weights), or None."""
     path = Path(path)
     try:
-        state = _load(path, mmap=True)
+        state = read_state(path, mmap=True)
         if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
             return "not a complete training checkpoint"
         if isinstance(state["model"], Mapping):
-            _check_finite(path, state["model"])
+            check_finite(path, state["model"])
     except CorruptWeightsError as e:
         return str(e).removeprefix(f"{path}: ")
     except Exception as e:  # noqa: BLE001 - any failure to read means "not usable"
@@ -172,7 +172,7 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a training checkpoint written by save_checkpoint."""
-    return _load(Path(path), map_location=map_location)
+    return read_state(Path(path), map_location=map_location)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -194,40 +194,3 @@ def save_final(path: str | os.PathLike, method: nn.Module, meta: Mapping[str, An
         {"method": method.name, "hparams": method.hparams(), "state_dict": state_dict, "meta": dict(meta or {})},
         path,
     )
-
-
-def _not_a_model(path: Path, error: Exception) -> str:
-    """Why `path` is not a readable model file, in one line (torch's own advice, weights_only=False, would be unsafe)."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(8)
-    except OSError as e:
-        return f"cannot read pretrained model ({e.strerror})"
-    if magic == b"\x89HDF\r\n\x1a\n":
-        return "is an HDF5 artifact, not a model; pass a training output such as results/pretrain/<method>/model.pt"
-    return f"not an orl model file (model.pt or a training checkpoint): {str(error).splitlines()[0][:200]}"
-
-
-def load_pretrained(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
-    """Rebuild a trained Method from model.pt (or a training checkpoint) and load its weights; in eval mode.
-
-    Use `.online_backbone()` / `.embed()` on the result: they are the online network, never the EMA target.
-    """
-    from orl.methods import build_method  # lazy: the methods package imports the model zoo
-
-    path = Path(path)
-    try:
-        state = _load(path, map_location=map_location)
-    except CorruptWeightsError:
-        raise
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise RuntimeError(f"{path}: {_not_a_model(path, e)}") from e
-    if not isinstance(state, dict) or "method" not in state or "hparams" not in state:
-        raise RuntimeError(f"{path}: not an orl model file (no 'method'/'hparams' entries)")
-    weights = state.get("state_dict", state.get("model"))
-    if weights is None:
-        raise RuntimeError(f"{path}: holds no weights ('state_dict' or 'model')")
-    _check_finite(path, weights)  # NaN weights would otherwise become all-NaN features or exported backbones
-    method = build_method(state["method"], **state["hparams"])
-    method.load_state_dict(weights, strict=True)
-    return method.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()

@@ -1,5 +1,5 @@
-"""Process setup for training: torch.distributed from torchrun's environment, device, threads, seeds, determinism,
-and the check that a GPU job sees the GPUs it asked for."""
+"""Process setup for every stage that trains (pretraining, detection): torch.distributed from torchrun's environment,
+device, threads, seeds, determinism, and the check that a GPU job sees the GPUs it asked for."""
 
 from __future__ import annotations
 

@@ -73,7 +73,9 @@ def test_paper_configs_dry_run(name: str, repo: Path, tmp_path: Path) -> None:
     for method in ("byol", "moco_v2", "simclr", "orl"):
         assert f"pretrain --method {method}" in out
     # paper values reach the commands, and no demo value leaks in from config.yaml
-    assert "torchrun --standalone --nproc_per_node=8 --no-python orl pretrain --method byol" in out
+    # 8 GPUs leased locally (a no-op under SLURM), and torchrun gives workers the SIGTERM lead to save
+    assert ("python -m orl.gpu_lease 8 torchrun --standalone --nproc_per_node=8 --shutdown-timeout=300 --no-python"
+            " orl pretrain --method byol") in out
     assert "--arch resnet50 --epochs 800 --batch-size 64" in out
     assert "--image-size 224" in out and "--roi-size 96" in out
     assert "--epochs 20" in out  # semi-supervised, not the demo's 5
@@ -112,7 +114,8 @@ def test_baselines_train_through_snakemake_and_torchrun(tmp_path: Path) -> None:
     )
     targets = [f"results/pretrain/{m}/model.pt" for m in ("byol", "moco_v2", "simclr")]
     proc = check(snakemake(tmp_path, "--cores", "2", "-p", *targets, config=config))
-    assert "torchrun --standalone --nproc_per_node=2 --no-python orl pretrain --method byol" in proc.stdout + proc.stderr
+    assert "torchrun --standalone --nproc_per_node=2 --shutdown-timeout=300 --no-python orl pretrain --method byol" \
+        in proc.stdout + proc.stderr
     import torch
 
     from orl.methods import METHODS

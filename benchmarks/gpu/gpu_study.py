@@ -93,7 +93,9 @@ def run_seeds(root: Path, seeds: list[int], scale: int, cores: int, smoke: bool)
         layer = root / f"seed{seed}.yaml"  # JSON is YAML
         root.mkdir(parents=True, exist_ok=True)
         layer.write_text(smoke_layer(seed, folder) if smoke else gpu_layer(seed, folder, scale), encoding="utf-8")
-        env = {**os.environ, "ORL_GPU_LOCK_DIR": str(root / f"gpu-locks-seed{seed}")}
+        # The rules call `orl`: this interpreter's scripts folder first, so a venv works without being activated.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = {**os.environ, "PATH": path, "ORL_GPU_LOCK_DIR": str(root / f"gpu-locks-seed{seed}")}
         log = (root / f"seed{seed}.log").open("w")
         cmd = snakemake_command(layer, cores, [str(folder / t) for t in TARGETS])
         procs.append((seed, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))

@@ -62,7 +62,7 @@ def crossing(images: list[float], margin: list[float]) -> dict[str, float | None
     best = int(np.argmax(margin[1:])) + 1 if len(margin) > 1 else 0
     first = next((x for x, m in zip(images[1:], margin[1:]) if m > 0), None)
     return {"crosses_at_images": first, "best_margin": float(margin[best]), "best_at_images": float(images[best]),
-            "final_margin": float(margin[-1]), "lowest_margin": float(min(margin))}
+            "final_margin": float(margin[-1]), "lowest_margin": float(min(margin[1:] or margin))}
 
 
 def gather_curves(folders: Mapping[int, Path], images_per_step: int) -> dict[str, dict]:

@@ -7,9 +7,10 @@ own random init) each epoch. Then this script writes, into --figures:
 - small_tier_crossover.{png,json}: per method, top-1 minus its step-0 value against images seen (step x batch),
   mean over seeds, with where it first crosses zero and its best margin;
 - small_tier_study.{csv,md,png}: orl.viz.study's table (linear_demo, knn_demo, pair quality; mean ± std).
+The measurements and what they say: docs/study_tier.md.
 From the repository root, with the venv active:
 
-    python benchmarks/studies/small_tier.py --seeds 0            # one seed, about 40 min on 2 idle cores
+    python benchmarks/studies/small_tier.py --seeds 0            # one seed: 48 min on 2 cores shared with other work
     python benchmarks/studies/small_tier.py --seeds 0 --dry-run  # what would run
     python benchmarks/studies/small_tier.py --gather-only        # redraw from finished runs
 """

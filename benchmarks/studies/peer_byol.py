@@ -8,7 +8,9 @@ same order (orl's dataset and SeededSampler), and is probed with orl's KnnMonito
 steps. Both backbones are torchvision's ResNet built under the same seed, so their step-0 values are equal.
 lightly runs twice: with its own example recipe (`own`: SGD lr 0.06, momentum 0.9, wd 5e-4, constant lr, EMA
 momentum cosine 0.996 -> 1 over epochs) and with orl's (`shared`: orl's optimiser, lr scaling, warmup + cosine lr,
-EMA momentum cosine 0.99 -> 1 over steps). orl's run is its own recipe, which is also the shared one, so it runs
+EMA momentum cosine 0.99 -> 1 over steps), and with orl's recipe in lightly's loss units (`shared_x4`: lr x 4 and
+weight decay / 4, which makes SGD take orl's exact steps on lightly's 4x smaller gradients, so only head init and
+the EMA's place in the step still differ). orl's run is its own recipe, which is also the shared one, so it runs
 once per seed and serves both comparisons. One JSON line per finished (impl, recipe, seed) run is appended to
 --out; a rerun skips finished runs, then prints a markdown table and draws --figure.
 
@@ -39,7 +41,11 @@ LIGHTLY_RECIPE = {"optimizer": "sgd", "lr": 0.06, "momentum": 0.9, "weight_decay
                   "ema": "lightly cosine_schedule(epoch, epochs, 0.996, 1)"}
 # Rows of the table and curves of the figure: (impl, recipe, label).
 RUNS = (("orl", "own", "orl BYOL, orl recipe (= shared)"), ("lightly", "own", "lightly BYOL, lightly recipe"),
-        ("lightly", "shared", "lightly BYOL, orl recipe"))
+        ("lightly", "shared", "lightly BYOL, orl recipe"),
+        ("lightly", "shared_x4", "lightly BYOL, orl recipe in lightly's loss units (lr x 4, wd / 4)"))
+# orl's loss (2 - 2 cos, summed over both directions) is 4 + 4 x lightly's, so its gradients are 4 x lightly's: SGD
+# with lr x 4 and weight decay / 4 on lightly's loss takes exactly orl's steps (momentum buffers scale by 4 too).
+LOSS_SCALE = 4.0
 LOSS_DEFINITION = {"orl": "(2 - 2 cos)_12 + (2 - 2 cos)_21, range 0..8",
                    "lightly": "0.5 (-cos_12 - cos_21), range -1..1"}
 
@@ -173,7 +179,11 @@ def train_lightly(paths: dict[str, Path], cfg: dict[str, Any], recipe: str, seed
         optim = {"name": o["name"], "base_lr": o["base_lr"], "base_batch": o["base_batch"], "peak_lr": peak,
                  "momentum": o["momentum"], "weight_decay": o["weight_decay"], "warmup_steps": warmup,
                  "lr_schedule": "warmup_cosine", "ema": f"orl cosine_momentum(step, steps, {base_m})"}
-        opt = torch.optim.SGD(params, lr=peak, momentum=o["momentum"], weight_decay=o["weight_decay"])
+        weight_decay = o["weight_decay"]
+        if recipe == "shared_x4":
+            peak, weight_decay = peak * LOSS_SCALE, weight_decay / LOSS_SCALE
+            optim.update(peak_lr=peak, weight_decay=weight_decay, loss_scale=LOSS_SCALE)
+        opt = torch.optim.SGD(params, lr=peak, momentum=o["momentum"], weight_decay=weight_decay)
         lr_at = lambda step: warmup_cosine_lr(step, total, peak, warmup)  # noqa: E731
         ema_at = lambda step: cosine_momentum(step, total, base_m)  # noqa: E731
 
@@ -254,7 +264,7 @@ def plot_curves(records: list[dict[str, Any]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (impl, recipe, label), color in zip(RUNS, ("tab:blue", "tab:orange", "tab:green")):
+    for (impl, recipe, label), color in zip(RUNS, ("tab:blue", "tab:orange", "tab:green", "tab:purple")):
         rs = [r for r in records if (r["impl"], r["recipe"]) == (impl, recipe)]
         if not rs:
             continue

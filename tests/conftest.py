@@ -10,6 +10,11 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+# A failing `scontrol` first on PATH spares every local Snakemake start the SLURM plugin's ~9 s probe of a
+# controller that is not running (tests/no_slurm/scontrol says why); the cluster tests take it off again.
+NO_SLURM_BIN = REPO / "tests" / "no_slurm"
+if str(NO_SLURM_BIN) not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = f"{NO_SLURM_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 COCO128 = REPO.parent / "shared" / "data" / "coco128"
 
 

@@ -19,13 +19,22 @@ LOCAL_PROFILE = REPO / "profiles" / "slurm-local"
 REQUIRE_ENV = "ORL_REQUIRE_SLURM"
 
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
+NO_SLURM_BIN = REPO / "tests" / "no_slurm"  # tests/conftest.py's stand-in scontrol, kept off the cluster tests
+
+
+def real_slurm_env() -> dict[str, str]:
+    """os.environ without the tests' stand-in scontrol on PATH: the cluster tests talk to the real SLURM."""
+    out = dict(os.environ)
+    out["PATH"] = os.pathsep.join(p for p in out.get("PATH", "").split(os.pathsep) if p != str(NO_SLURM_BIN))
+    return out
 
 
 def slurm_is_up() -> bool:
     """True when a controller answers and this host's node can take jobs."""
     try:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
-        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20, env=real_slurm_env())
+        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20,
+                               env=real_slurm_env())
     except (OSError, subprocess.TimeoutExpired):
         return False
     return " is UP" in ping.stdout and state.stdout.split()[:1] in (["idle"], ["mixed"], ["allocated"])
@@ -34,7 +43,7 @@ def slurm_is_up() -> bool:
 def start_local_slurm() -> tuple[bool, str]:
     """Run tools/local_slurm/start.sh (idempotent); returns (ok, its output)."""
     try:
-        proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=900, env=real_slurm_env())
     except subprocess.TimeoutExpired as e:
         return False, f"timed out after {e.timeout} s"
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
@@ -42,13 +51,13 @@ def start_local_slurm() -> tuple[bool, str]:
 
 def stop_local_slurm() -> str:
     """Stop the daemons start.sh started (by PID file)."""
-    proc = subprocess.run(["bash", str(STOP)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(["bash", str(STOP)], capture_output=True, text=True, timeout=120, env=real_slurm_env())
     return (proc.stdout + proc.stderr).strip()
 
 
 def env() -> dict[str, str]:
     """The environment of Snakemake and, through sbatch --export=ALL, of every job: this venv's `orl` first on PATH."""
-    out = dict(os.environ)
+    out = real_slurm_env()
     out["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{out.get('PATH', '')}"
     out.setdefault("OMP_NUM_THREADS", "1")
     return out

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from workflow_helpers import import_benchmark_script
+
 pytestmark = pytest.mark.slow
 
 
@@ -49,13 +51,6 @@ def test_photometric_ops_times_orls_ops(repo: Path) -> None:
     assert "kornia / orl time" in out or "kornia is not importable" in out
 
 
-def _import_script(repo: Path, group: str, name: str):
-    sys.path.insert(0, str(repo / "benchmarks" / group))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.pop(0)
-
 
 def test_box_filter_variants_are_valid_layers_of_the_demo_config(repo: Path) -> None:
     import dataclasses
@@ -65,7 +60,7 @@ def test_box_filter_variants_are_valid_layers_of_the_demo_config(repo: Path) -> 
 
     from orl.data.demo_scenes import World
 
-    script = _import_script(repo, "studies", "box_filter_pairs")
+    script = import_benchmark_script("studies", "box_filter_pairs")
     base = yaml.safe_load((repo / "config.yaml").read_text(encoding="utf-8"))
     schema = yaml.safe_load((repo / "workflow" / "schemas" / "config.schema.yaml").read_text(encoding="utf-8"))
     knobs = {f.name for f in dataclasses.fields(World)}
@@ -86,7 +81,7 @@ def test_semi_budget_fine_tunes_an_exported_backbone(repo: Path, tmp_path: Path)
     from orl.bench.crops import write_crops
     from orl.data.demo_scenes import generate_demo_dataset
 
-    script = _import_script(repo, "studies", "semi_budget")
+    script = import_benchmark_script("studies", "semi_budget")
     data = tmp_path / "scenes"
     generate_demo_dataset(data, num_train=8, num_val=8, image_size=64)
     crops = tmp_path / "data" / "demo_crops"

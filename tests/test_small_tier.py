@@ -8,17 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from workflow_helpers import import_benchmark_script
 
-def _import_script(repo: Path, group: str, name: str):  # noqa: ANN202 - a script module
-    sys.path.insert(0, str(repo / "benchmarks" / group))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.pop(0)
 
 
 def test_crossing_finds_the_first_point_above_random_init_and_the_best_margin(repo: Path) -> None:
-    tier = _import_script(repo, "studies", "small_tier")
+    tier = import_benchmark_script("studies", "small_tier")
     images = [0.0, 100.0, 200.0, 300.0, 400.0]
     c = tier.crossing(images, [0.0, -6.0, -2.0, 1.5, 0.5])
     assert c == {"crosses_at_images": 300.0, "best_margin": 1.5, "best_at_images": 300.0, "final_margin": 0.5,
@@ -30,7 +25,7 @@ def test_crossing_finds_the_first_point_above_random_init_and_the_best_margin(re
 def test_knn_curve_is_relative_to_the_step0_value_and_counts_scenes(repo: Path, tmp_path: Path) -> None:
     from orl.viz.curves import MetricsError
 
-    tier = _import_script(repo, "studies", "small_tier")
+    tier = import_benchmark_script("studies", "small_tier")
     csv = tmp_path / "metrics.csv"
     csv.write_text("step,epoch,knn_top1,loss\n0,0.0,60.0,\n10,0.5,,3.0\n20,1.0,55.5,2.0\n40,2.0,62.0,1.5\n")
     curve = tier.knn_curve(csv, images_per_step=64)
@@ -41,7 +36,7 @@ def test_knn_curve_is_relative_to_the_step0_value_and_counts_scenes(repo: Path, 
 
 
 def test_small_tier_runs_every_stage_and_method_through_snakemake(repo: Path, tmp_path: Path) -> None:
-    tier = _import_script(repo, "studies", "small_tier")
+    tier = import_benchmark_script("studies", "small_tier")
     layers = tier.run_layers(tmp_path, seed=3)
     assert (tmp_path / "seed3.yaml").read_text().startswith(f"results: '{tmp_path / 'seed3'}'")
     cmd = [*tier.demo_snakemake(layers, 2, dry_run=True), "-p"]
@@ -56,7 +51,7 @@ def test_small_tier_runs_every_stage_and_method_through_snakemake(repo: Path, tm
 
 
 def test_gpu_study_table_gives_per_seed_margins_over_random_init(repo: Path) -> None:
-    study = _import_script(repo, "gpu", "gpu_study")
+    study = import_benchmark_script("gpu", "gpu_study")
     per_seed = {
         0: {"random": {"knn_demo": 60.0, "linear_demo": 70.0}, "byol": {"knn_demo": 72.0, "linear_demo": 74.0},
             "orl": {"knn_demo": 75.0, "linear_demo": 71.0}},
@@ -72,7 +67,7 @@ def test_gpu_study_table_gives_per_seed_margins_over_random_init(repo: Path) -> 
 def test_gpu_study_layer_scales_the_cpu_epochs(repo: Path, tmp_path: Path) -> None:
     import json
 
-    study = _import_script(repo, "gpu", "gpu_study")
+    study = import_benchmark_script("gpu", "gpu_study")
     layer = json.loads(study.gpu_layer(2, tmp_path / "seed2", scale=20))
     assert layer["pretrain"]["epochs"] == 200 and layer["pretrain"]["seed"] == 2 and layer["pretrain"]["gpus"] == 1
     assert layer["baselines"] == [] and layer["results"] == str(tmp_path / "seed2")

@@ -12,6 +12,15 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def import_benchmark_script(group: str, name: str):  # noqa: ANN201 - a script module
+    """Import benchmarks/<group>/<name>.py as a module (its sibling imports resolve while it loads)."""
+    sys.path.insert(0, str(REPO / "benchmarks" / group))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
 
 def deep_merge(base: dict, override: dict) -> dict:
     """A copy of `base` with `override` merged in, key by key, at every depth."""

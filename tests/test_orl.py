@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from orl import checkpoint as ckpt
 from orl.artifacts import ArtifactError
 from orl.data.datasets import SeededSampler
 from orl.data.images import open_rgb

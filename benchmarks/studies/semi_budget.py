@@ -17,7 +17,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from study import REPO, config_layer, demo_snakemake  # benchmarks/studies/study.py: the demo's Snakemake command

@@ -83,6 +83,7 @@ def nonfinite_tensors(weights: Mapping[str, Any]) -> list[str]:
 
 
 def check_finite(path: Path, weights: Mapping[str, Any]) -> None:
+    """Raise CorruptWeightsError naming `path` when a weight tensor holds NaN or inf."""
     bad = nonfinite_tensors(weights)
     if bad:
         raise CorruptWeightsError(
@@ -92,6 +93,7 @@ def check_finite(path: Path, weights: Mapping[str, Any]) -> None:
 
 
 def read_state(path: Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """torch.load of an orl weights file (safe loader), after its CRC-32 check."""
     verify_crc(path)
     # weights_only: our checkpoints hold only tensors and plain Python containers, so the safe loader suffices.
     return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)

@@ -54,7 +54,3 @@ def autocast_dtype(precision: str, device: torch.device, *, on_cpu: bool = False
         return torch.float16
     return dtype
 
-
-def precision_context(precision: str) -> contextlib.AbstractContextManager:
-    """ieee_fp32() for an fp32 stage, else nothing (autocast decides the matmul dtype)."""
-    return ieee_fp32() if precision == "fp32" else contextlib.nullcontext()
